@@ -1,0 +1,281 @@
+"""InfoNCE and PatchNCE: the contrastive core of CUT (paper Sec. 3.1-3.2, Eq. 2-5).
+
+Shapes used throughout:
+    N    queries (rows of the loss)          C    feature channels
+    B    images in the minibatch             P    sampled patch locations per image
+    M    negatives per query                 L    NCE layers (encoder taps)
+Queries come from the OUTPUT image G(x), keys from the INPUT x; query i and key i sit at the same
+spatial location, which makes them the positive pair (REFERENCE.md section 1).
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import NamedTuple, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+DIAGONAL_FILL = -10.0  # the reference masks the duplicated positive with -10 before dividing by tau
+
+
+def _check(name: str, x: Tensor, dims: Sequence[int], expected: str) -> None:
+    """Raise a readable error unless ``x`` is a floating tensor with one of ``dims`` dimensions."""
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of shape {expected}, got {type(x).__name__}")
+    if x.dim() not in dims:
+        raise ValueError(f"{name} must have shape {expected}, got {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor of shape {expected}, got dtype {x.dtype}")
+
+
+def l2_normalize(x: Tensor, eps: float = 1e-7) -> Tensor:
+    """x / (||x|| + eps) along the last dimension, as the reference normalises features."""
+    return x / (x.norm(dim=-1, keepdim=True) + eps)
+
+
+def info_nce(query: Tensor, positive: Tensor, negatives: Tensor, tau: float = 0.07) -> Tensor:
+    """The (M+1)-way cross-entropy of Eq. 2, one value per query row.
+
+    query (N, C), positive (N, C), negatives (N, M, C) per query or (M, C) shared by all queries.
+    loss_i = -log( exp(q.k+ / tau) / (exp(q.k+ / tau) + sum_j exp(q.k-_j / tau)) ), shape (N,).
+    """
+    _check("query", query, (2,), "(N, C)")
+    _check("positive", positive, (2,), "(N, C)")
+    _check("negatives", negatives, (2, 3), "(N, M, C) or (M, C)")
+    if positive.shape != query.shape:
+        raise ValueError(f"positive must have the query's shape {tuple(query.shape)}, got {tuple(positive.shape)}")
+    n, c = query.shape
+    if negatives.shape[-1] != c or (negatives.dim() == 3 and negatives.shape[0] != n):
+        raise ValueError(f"negatives must have shape ({n}, M, {c}) or (M, {c}), got {tuple(negatives.shape)}")
+
+    l_pos = (query * positive).sum(dim=-1, keepdim=True)  # (N, 1)
+    if negatives.dim() == 2:
+        l_neg = query @ negatives.t()  # (N, M)
+    else:
+        l_neg = torch.einsum("nc,nmc->nm", query, negatives)  # (N, M)
+    logits = torch.cat([l_pos, l_neg], dim=1) / tau  # (N, 1 + M); the positive is class 0
+    target = torch.zeros(n, dtype=torch.long, device=query.device)
+    return F.cross_entropy(logits, target, reduction="none")
+
+
+def patch_nce(
+    feat_q: Tensor,
+    feat_k: Tensor,
+    tau: float = 0.07,
+    negatives: str | None = "image",
+    batch_size: int = 1,
+    external: Tensor | None = None,
+) -> Tensor:
+    """PatchNCE for one layer (Eq. 4): every other sampled patch is a negative. Per-query loss (B*P,).
+
+    feat_q, feat_k: (B*P, C), batch-major (rows b*P .. b*P+P-1 belong to image b), normalised.
+    negatives="image": the other P-1 patches of the same image (CUT); "batch": the other B*P-1
+    patches of the whole minibatch (SinCUT); None: no internal negatives (needs ``external``).
+    external: (K, C) keys from a momentum queue, shared negatives for every query (section 6).
+    Keys are detached: no gradient flows through the key branch.
+    """
+    _check("feat_q", feat_q, (2,), "(B*P, C)")
+    _check("feat_k", feat_k, (2,), "(B*P, C)")
+    if feat_q.shape != feat_k.shape:
+        raise ValueError(f"feat_q and feat_k must have the same shape (B*P, C), got {tuple(feat_q.shape)} and {tuple(feat_k.shape)}")
+    if negatives not in ("image", "batch", None):
+        raise ValueError(f"negatives must be 'image', 'batch' or None, got {negatives!r}")
+    if negatives is None and external is None:
+        raise ValueError("negatives=None leaves no negatives: pass external keys (K, C) from a MomentumQueue")
+    if batch_size < 1 or feat_q.shape[0] % batch_size:
+        raise ValueError(f"feat_q has {feat_q.shape[0]} rows, not a multiple of batch_size={batch_size} (expected (B*P, C))")
+    feat_k = feat_k.detach()
+    n, c = feat_q.shape
+    groups = batch_size if negatives == "image" else 1
+    q = feat_q.view(groups, n // groups, c)  # (G, P', C); P' = P per image, or B*P for the batch
+    k = feat_k.view(groups, n // groups, c)
+
+    l_pos = (q * k).sum(dim=-1, keepdim=True)  # (G, P', 1)
+    parts = [l_pos]
+    if negatives is not None:
+        l_neg = q @ k.transpose(1, 2)  # (G, P', P'): query i against every key j of its group
+        eye = torch.eye(l_neg.shape[-1], dtype=torch.bool, device=l_neg.device)
+        parts.append(l_neg.masked_fill(eye, DIAGONAL_FILL))  # j == i is the positive: mask it
+    if external is not None:
+        _check("external", external, (2,), f"(K, {c})")
+        if external.shape[1] != c:
+            raise ValueError(f"external must have shape (K, {c}), got {tuple(external.shape)}")
+        parts.append(q @ external.detach().t())  # (G, P', K)
+    logits = torch.cat(parts, dim=-1).flatten(0, 1) / tau  # (B*P, 1 + negatives)
+    target = torch.zeros(n, dtype=torch.long, device=feat_q.device)
+    return F.cross_entropy(logits, target, reduction="none")
+
+
+def sample_patches(
+    features: Sequence[Tensor],
+    num_patches: int,
+    patch_ids: Sequence[Tensor] | None = None,
+    generator: torch.Generator | None = None,
+) -> tuple[list[Tensor], list[Tensor]]:
+    """Pick the same ``num_patches`` random locations in every image of the batch, per layer.
+
+    features: list of (B, C, H, W) maps. Returns (list of (B*P, C), list of (P,) location indices
+    into H*W). Sampling is without replacement; P = H*W (shuffled) when the map is smaller.
+    Pass the returned ids back to sample the query features at the key locations.
+    """
+    if patch_ids is not None and len(patch_ids) != len(features):
+        raise ValueError(f"patch_ids has {len(patch_ids)} entries but features has {len(features)} layers")
+    if num_patches < 1:
+        raise ValueError(f"num_patches must be at least 1, got {num_patches}")
+    samples, ids_out = [], []
+    for layer, feat in enumerate(features):
+        _check(f"features[{layer}]", feat, (4,), "(B, C, H, W)")
+        b, c, h, w = feat.shape
+        flat = feat.flatten(2).transpose(1, 2)  # (B, H*W, C)
+        if patch_ids is None:
+            ids = torch.randperm(h * w, generator=generator)[: min(num_patches, h * w)]
+        else:
+            ids = patch_ids[layer]
+            if ids.numel() and int(ids.max()) >= h * w:
+                raise ValueError(f"patch_ids[{layer}] points past the {h}x{w} map of features[{layer}]")
+        ids = ids.to(feat.device)
+        samples.append(flat[:, ids, :].flatten(0, 1))  # (B*P, C), batch-major
+        ids_out.append(ids)
+    return samples, ids_out
+
+
+class ProjectionHeads(nn.Module):
+    """One Linear-ReLU-Linear head per NCE layer, then L2 normalisation (section 2).
+
+    Built eagerly from the channel counts of the taps (the reference builds them on the first
+    forward). Initialised like the reference: xavier-normal, gain 0.02, zero bias.
+    """
+
+    def __init__(self, channels: Sequence[int], dim: int = 256, init_gain: float = 0.02):
+        super().__init__()
+        self.channels, self.dim = list(channels), dim
+        self.mlps = nn.ModuleList(
+            nn.Sequential(nn.Linear(c, dim), nn.ReLU(), nn.Linear(dim, dim)) for c in self.channels
+        )
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.xavier_normal_(module.weight, gain=init_gain)
+                nn.init.zeros_(module.bias)
+
+    def forward(self, features: Sequence[Tensor]) -> list[Tensor]:
+        """features: list of (N, C_l). Returns list of (N, dim), unit length."""
+        if len(features) != len(self.mlps):
+            raise ValueError(f"expected {len(self.mlps)} feature tensors (one per head), got {len(features)}")
+        out = []
+        for layer, (mlp, feat) in enumerate(zip(self.mlps, features)):
+            _check(f"features[{layer}]", feat, (2,), f"(N, {self.channels[layer]})")
+            if feat.shape[1] != self.channels[layer]:
+                raise ValueError(f"features[{layer}] must have shape (N, {self.channels[layer]}), got {tuple(feat.shape)}")
+            out.append(l2_normalize(mlp(feat)))
+        return out
+
+
+class MomentumQueue(nn.Module):
+    """External negatives, MoCo style (section 6): momentum copies of the encoder and heads, and a
+    fixed-size FIFO dictionary of past keys per layer.
+
+    ``encoder`` must offer ``encode(x, taps) -> list of (B, C, H, W)`` (cutlib.networks.ResnetGenerator
+    does). Per iteration: read() the negatives, compute the loss, update() the copies, then
+    enqueue(key_features(x, taps, num_patches)).
+    """
+
+    def __init__(self, encoder: nn.Module, heads: ProjectionHeads, size: int = 16384, momentum: float = 0.999):
+        super().__init__()
+        if size < 1 or not 0.0 <= momentum <= 1.0:
+            raise ValueError(f"need size >= 1 and 0 <= momentum <= 1, got size={size}, momentum={momentum}")
+        self.size, self.momentum = size, momentum
+        self.encoder = copy.deepcopy(encoder).requires_grad_(False)
+        self.heads = copy.deepcopy(heads).requires_grad_(False)
+        layers, dim = len(heads.channels), heads.dim
+        self.register_buffer("keys", torch.zeros(layers, size, dim))  # (L, K, dim) ring buffers
+        self.register_buffer("ptr", torch.zeros((), dtype=torch.long))  # next slot to write
+        self.register_buffer("count", torch.zeros((), dtype=torch.long))  # filled slots
+
+    @torch.no_grad()
+    def update(self, encoder: nn.Module, heads: ProjectionHeads) -> None:
+        """theta_k <- m * theta_k + (1 - m) * theta_q for the encoder and head copies."""
+        for copy_, live in ((self.encoder, encoder), (self.heads, heads)):
+            for p_k, p_q in zip(copy_.parameters(), live.parameters()):
+                p_k.mul_(self.momentum).add_(p_q.detach(), alpha=1.0 - self.momentum)
+
+    @torch.no_grad()
+    def key_features(self, x: Tensor, taps: Sequence[str], num_patches: int, generator=None) -> list[Tensor]:
+        """Keys of image batch x from the momentum encoder: list of (B*P, dim), one per layer."""
+        feats = self.encoder.encode(x, taps)
+        samples, _ = sample_patches(feats, num_patches, generator=generator)
+        return self.heads(samples)
+
+    @torch.no_grad()
+    def enqueue(self, keys: Sequence[Tensor]) -> None:
+        """Write a list of (N, dim) keys (one per layer) into the FIFO; the oldest are overwritten."""
+        if len(keys) != self.keys.shape[0]:
+            raise ValueError(f"expected keys for {self.keys.shape[0]} layers, got {len(keys)}")
+        n = keys[0].shape[0]
+        if any(k.shape != (n, self.keys.shape[2]) for k in keys):
+            raise ValueError(f"every layer's keys must have shape (N, {self.keys.shape[2]}), got {[tuple(k.shape) for k in keys]}")
+        keys = [k[-self.size :] for k in keys]  # more keys than slots: only the newest survive
+        n = keys[0].shape[0]
+        slots = (self.ptr + torch.arange(n, device=self.keys.device)) % self.size
+        for layer, k in enumerate(keys):
+            self.keys[layer, slots] = k.to(self.keys)
+        self.ptr.copy_((self.ptr + n) % self.size)
+        self.count.copy_(torch.clamp(self.count + n, max=self.size))
+
+    def read(self) -> list[Tensor]:
+        """The stored keys per layer, oldest first: list of (count, dim)."""
+        count = int(self.count)
+        start = int(self.ptr) - count
+        order = (torch.arange(count, device=self.keys.device) + start) % self.size
+        return [self.keys[layer, order] for layer in range(self.keys.shape[0])]
+
+
+class NCEResult(NamedTuple):
+    loss: Tensor  # scalar: lambda * mean over layers of the mean over queries
+    per_layer: list[Tensor]  # scalar per layer (before lambda)
+    patch_ids: list[Tensor]  # the sampled locations, one (P,) tensor per layer
+
+
+def multilayer_patch_nce(
+    heads: ProjectionHeads,
+    feats_q: Sequence[Tensor],
+    feats_k: Sequence[Tensor],
+    num_patches: int = 256,
+    tau: float = 0.07,
+    lambda_nce: float = 1.0,
+    negatives: str = "internal",
+    batch_negatives: bool = False,
+    external: Sequence[Tensor] | None = None,
+    patch_ids: Sequence[Tensor] | None = None,
+    generator: torch.Generator | None = None,
+) -> NCEResult:
+    """Multilayer PatchNCE (Eq. 5) with the reference's reduction: per layer the mean over the
+    B*P queries, then the AVERAGE over layers, times lambda_nce.
+
+    feats_q: encoder taps of the output G(x); feats_k: taps of the input x; lists of (B, C, H, W).
+    negatives: "internal" (other patches, the default), "external" (momentum queue only) or "both";
+    external: one (K, dim) tensor per layer, from MomentumQueue.read(), when it is used.
+    Locations are sampled on the keys and reused for the queries.
+    """
+    if negatives not in ("internal", "external", "both"):
+        raise ValueError(f"negatives must be 'internal', 'external' or 'both', got {negatives!r}")
+    if len(feats_q) != len(feats_k):
+        raise ValueError(f"feats_q has {len(feats_q)} layers but feats_k has {len(feats_k)}")
+    if negatives != "internal" and external is None:
+        raise ValueError(f"negatives={negatives!r} needs the external keys: pass external=queue.read()")
+    batch_size = feats_k[0].shape[0]
+    k_samples, ids = sample_patches(feats_k, num_patches, patch_ids, generator)
+    q_samples, _ = sample_patches(feats_q, num_patches, ids)
+    k_proj, q_proj = heads(k_samples), heads(q_samples)
+    internal = None if negatives == "external" else ("batch" if batch_negatives else "image")
+    per_layer = []
+    for layer, (q, k) in enumerate(zip(q_proj, k_proj)):
+        ext = None
+        if negatives != "internal" and external[layer].shape[0] > 0:
+            ext = external[layer]
+        if internal is None and ext is None:  # empty queue on the very first step: nothing to contrast
+            ext = torch.zeros(0, q.shape[1], device=q.device, dtype=q.dtype)
+        per_layer.append(patch_nce(q, k, tau, internal, batch_size, ext).mean())
+    loss = lambda_nce * torch.stack(per_layer).mean()
+    return NCEResult(loss, per_layer, ids)

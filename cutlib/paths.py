@@ -1,0 +1,33 @@
+"""Where the course keeps datasets and runs.
+
+Inside a clone of the repository these are ``<repo>/data`` and ``<repo>/runs``; the environment
+variables ``CUTLIB_DATA`` and ``CUTLIB_RUNS`` override them (e.g. on a GPU server with a big disk).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+def repo_root() -> Path | None:
+    """The repository root when cutlib runs from a clone (editable install), else None."""
+    root = PACKAGE_DIR.parent
+    return root if (root / "pyproject.toml").is_file() and (root / "notebooks").is_dir() else None
+
+
+def _default(sub: str) -> Path:
+    root = repo_root()
+    return root / sub if root is not None else Path.home() / ".cache" / "cutlib" / sub
+
+
+def data_root() -> Path:
+    """Folder of the dataset cache (built-in datasets are generated here, real ones downloaded)."""
+    return Path(os.environ.get("CUTLIB_DATA") or _default("data"))
+
+
+def runs_root() -> Path:
+    """Folder where training runs are written by default."""
+    return Path(os.environ.get("CUTLIB_RUNS") or _default("runs"))
