@@ -249,6 +249,7 @@ def multilayer_patch_nce(
     external: Sequence[Tensor] | None = None,
     patch_ids: Sequence[Tensor] | None = None,
     generator: torch.Generator | None = None,
+    query_heads: ProjectionHeads | None = None,
 ) -> NCEResult:
     """Multilayer PatchNCE (Eq. 5) with the reference's reduction: per layer the mean over the
     B*P queries, then the AVERAGE over layers, times lambda_nce.
@@ -256,7 +257,8 @@ def multilayer_patch_nce(
     feats_q: encoder taps of the output G(x); feats_k: taps of the input x; lists of (B, C, H, W).
     negatives: "internal" (other patches, the default), "external" (momentum queue only) or "both";
     external: one (K, dim) tensor per layer, from MomentumQueue.read(), when it is used.
-    Locations are sampled on the keys and reused for the queries.
+    Locations are sampled on the keys and reused for the queries. query_heads: separate heads for
+    the queries (the "no weight sharing" ablation); by default the same heads serve both.
     """
     if negatives not in ("internal", "external", "both"):
         raise ValueError(f"negatives must be 'internal', 'external' or 'both', got {negatives!r}")
@@ -267,7 +269,7 @@ def multilayer_patch_nce(
     batch_size = feats_k[0].shape[0]
     k_samples, ids = sample_patches(feats_k, num_patches, patch_ids, generator)
     q_samples, _ = sample_patches(feats_q, num_patches, ids)
-    k_proj, q_proj = heads(k_samples), heads(q_samples)
+    k_proj, q_proj = heads(k_samples), (query_heads or heads)(q_samples)
     internal = None if negatives == "external" else ("batch" if batch_negatives else "image")
     per_layer = []
     for layer, (q, k) in enumerate(zip(q_proj, k_proj)):

@@ -1,0 +1,213 @@
+"""Every hyper-parameter of a training run in one dataclass, and the presets (REFERENCE.md section 5).
+
+A preset is a plain function returning a TrainConfig; overrides go through ``override(cfg, **kw)``,
+which rejects unknown names and ill-typed values with a message that lists the valid choices.
+The command line and the papermill runner both end in ``override(PRESETS[name](), **overrides)``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import typing
+from dataclasses import dataclass, fields, replace
+from typing import Any, Literal, get_args, get_origin
+
+TAPS_RESNET = ("rgb", "down1", "down2", "res1", "res5")  # the reference's nce_layers "0,4,8,12,16"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """All settings of a run. Defaults are the reference's CUT settings (REFERENCE.md section 5)."""
+
+    # --- what is trained
+    model: Literal["cut", "cyclegan", "sincut"] = "cut"  # objective class in cutlib.models
+    dataset: str = "stripes"  # built-in name, catalog name (downloaded) or a folder path
+    # --- networks (sections 3, 4)
+    netG: Literal["resnet", "stylegan2"] = "resnet"
+    netD: Literal["patchgan", "stylegan2"] = "patchgan"
+    input_nc: int = 3
+    output_nc: int = 3
+    ngf: int = 64  # generator width
+    ndf: int = 64  # discriminator width
+    n_blocks: int = 9  # residual blocks of the ResNet generator
+    n_layers_D: int = 3  # PatchGAN depth (3 = 70x70 receptive field)
+    antialias: bool = True  # blur down/upsampling (the reference default) vs strided convs
+    init_gain: float = 0.02  # xavier-normal gain
+    # --- the objective (sections 1, 5, 6)
+    gan_mode: Literal["lsgan", "nonsaturating"] = "lsgan"
+    lambda_gan: float = 1.0
+    lambda_nce: float = 1.0
+    nce_idt: bool = True  # the identity term PatchNCE(y, G(y))
+    nce_layers: tuple[str, ...] = TAPS_RESNET
+    num_patches: int = 256  # sampled locations per layer per image (P)
+    nce_t: float = 0.07  # temperature tau
+    netF_nc: int = 256  # projection head output size
+    flip_equivariance: bool = False  # FastCUT: flip the input with p = 0.5, flip features back
+    negatives: Literal["internal", "external", "both"] = "internal"  # section 6 ablation
+    negatives_from_batch: bool = False  # negatives from every image of the minibatch (SinCUT)
+    queue_size: int = 16384  # external negatives per layer
+    queue_momentum: float = 0.999
+    nce_decoder_grad: bool = True  # False: the decoder learns from the GAN loss only (thesis ablation)
+    share_encoder: bool = True  # False: separate encoder and heads for the output image (thesis ablation)
+    lambda_r1: float = 0.0  # R1 penalty on real images (SinCUT: 1.0, applied with weight 0.5 * lambda_r1)
+    lambda_idt_l1: float = 0.0  # L1 identity loss on (y, G(y)) (SinCUT: 1.0)
+    # --- CycleGAN baseline
+    lambda_cycle: float = 10.0
+    lambda_identity: float = 0.5
+    pool_size: int = 50
+    # --- optimisation
+    lr: float = 2e-4  # the paper's appendix says 0.002; the authors ran 2e-4 (paper vs code)
+    beta1: float = 0.5
+    beta2: float = 0.999
+    batch_size: int = 1
+    n_epochs: int = 200  # epochs at the initial learning rate
+    n_epochs_decay: int = 200  # epochs of linear decay to zero
+    max_steps: int = 0  # stop after this many optimisation steps in total (0: run all epochs)
+    # --- data
+    load_size: int = 286
+    crop_size: int = 256
+    flip: bool = True  # random horizontal flip of the training images
+    decay_no_jitter: bool = True  # decay epochs load at crop size, no random crop (as the reference)
+    num_workers: int = 0
+    # --- run
+    seed: int = 0
+    device: str = "auto"  # "auto": cuda when available, else cpu
+    log_every: int = 10  # steps between lines of metrics.jsonl
+    sample_every: int = 0  # steps between sample grids (0: once per epoch and at the end)
+    save_every: int = 0  # steps between checkpoints (0: once per epoch and at the end)
+    save_epoch_freq: int = 5  # keep a generator snapshot every this many epochs (for best-epoch eval)
+    num_samples: int = 4  # test images in each sample grid
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+
+# ------------------------------------------------------------------ presets
+def CUT(**overrides) -> TrainConfig:
+    """CUT: lambda_NCE 1, NCE identity on, no flip equivariance, 200 + 200 epochs."""
+    return override(TrainConfig(), **overrides)
+
+
+def FastCUT(**overrides) -> TrainConfig:
+    """FastCUT: lambda_NCE 10, no NCE identity, flip equivariance on, 150 + 50 epochs."""
+    base = TrainConfig(lambda_nce=10.0, nce_idt=False, flip_equivariance=True, n_epochs=150, n_epochs_decay=50)
+    return override(base, **overrides)
+
+
+PRESETS = {"cut": CUT, "fastcut": FastCUT}
+
+
+def preset(name: str, **overrides) -> TrainConfig:
+    """The preset called ``name`` (case-insensitive) with overrides applied."""
+    key = name.lower().replace("-", "").replace("_", "")
+    if key not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; valid presets: {', '.join(sorted(PRESETS))}")
+    return PRESETS[key](**overrides)
+
+
+# ------------------------------------------------------------------ overrides
+FIELDS = {f.name: f for f in fields(TrainConfig)}
+_HINTS = typing.get_type_hints(TrainConfig)
+
+
+def field_type(name: str):
+    return _HINTS[name]
+
+
+def _coerce(name: str, value: Any) -> Any:
+    """Check (and for strings, parse) a value for field ``name``; raise a clear error if it is wrong."""
+    hint = _HINTS[name]
+    origin = get_origin(hint)
+    if origin is Literal:
+        choices = get_args(hint)
+        if value not in choices:
+            raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}")
+        return value
+    if origin is tuple:
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+            raise TypeError(f"{name} must be a list of names (or a comma-separated string), got {value!r}")
+        return tuple(value)
+    if hint is bool:
+        if isinstance(value, str) and value.lower() in ("true", "1", "yes", "on", "false", "0", "no", "off"):
+            return value.lower() in ("true", "1", "yes", "on")
+        if not isinstance(value, bool):
+            raise TypeError(f"{name} must be true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, str):
+            try:
+                value = int(value)
+            except ValueError:
+                raise TypeError(f"{name} must be an integer, got {value!r}") from None
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            raise TypeError(f"{name} must be an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, str):
+            try:
+                value = float(value)
+            except ValueError:
+                raise TypeError(f"{name} must be a number, got {value!r}") from None
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise TypeError(f"{name} must be a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            value = str(value) if isinstance(value, (int, float)) or hasattr(value, "__fspath__") else value
+        if not isinstance(value, str):
+            raise TypeError(f"{name} must be a string, got {value!r}")
+        return value
+    return value
+
+
+def override(cfg: TrainConfig, **overrides) -> TrainConfig:
+    """A copy of ``cfg`` with fields replaced; unknown names or wrong types raise a clear error."""
+    unknown = [k for k in overrides if k not in FIELDS]
+    if unknown:
+        hints = {k: difflib.get_close_matches(k, FIELDS, n=1) for k in unknown}
+        near = "; ".join(f"{k!r}: did you mean {v[0]!r}?" for k, v in hints.items() if v)
+        raise ValueError(
+            f"unknown TrainConfig field(s) {unknown}. {near + '. ' if near else ''}"
+            f"Valid names: {', '.join(FIELDS)}"
+        )
+    checked = {k: _coerce(k, v) for k, v in overrides.items()}
+    new = replace(cfg, **checked)
+    validate(new)
+    return new
+
+
+def validate(cfg: TrainConfig) -> None:
+    """Value checks that a type alone cannot express."""
+    problems = []
+    if cfg.crop_size > cfg.load_size:
+        problems.append(f"crop_size ({cfg.crop_size}) must not exceed load_size ({cfg.load_size})")
+    if cfg.crop_size % 4:
+        problems.append(f"crop_size ({cfg.crop_size}) must be a multiple of 4 (two down/up-sampling stages)")
+    for name in ("batch_size", "num_patches", "ngf", "ndf", "netF_nc", "queue_size"):
+        if getattr(cfg, name) < 1:
+            problems.append(f"{name} must be at least 1, got {getattr(cfg, name)}")
+    for name in ("n_epochs", "n_epochs_decay", "max_steps", "log_every", "sample_every", "save_every"):
+        if getattr(cfg, name) < 0:
+            problems.append(f"{name} must be >= 0, got {getattr(cfg, name)}")
+    if cfg.n_epochs + cfg.n_epochs_decay < 1:
+        problems.append("n_epochs + n_epochs_decay must be at least 1")
+    if cfg.lr <= 0 or cfg.nce_t <= 0:
+        problems.append("lr and nce_t must be positive")
+    if not cfg.nce_layers:
+        problems.append("nce_layers must name at least one encoder tap")
+    if problems:
+        raise ValueError("invalid TrainConfig: " + "; ".join(problems))
+
+
+def from_dict(data: dict[str, Any]) -> TrainConfig:
+    """Rebuild a config saved with to_dict() (e.g. from a checkpoint or config.json)."""
+    return override(TrainConfig(), **data)
