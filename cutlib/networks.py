@@ -1,0 +1,367 @@
+"""The networks of CUT: the ResNet generator with named encoder taps, blur down/upsampling, the
+PatchGAN discriminator, and a loader for the authors' released generators (REFERENCE.md sections 3-4).
+
+The generator is one ordered list of named layers, in exactly the order of the reference's
+``nn.Sequential``. Its encoder is the first part of that list: the NCE layers ("taps") are the
+outputs of named layers, so ``G.encode(x, ("rgb", "down1"))`` replaces the reference's magic
+indices "0,4".
+
+    layer (anti-aliased)  tap      output for a (B, 3, 256, 256) input, ngf = 64
+    0  reflect-pad 3      rgb      (B, 3, 262, 262)
+    4  conv 3x3           down1    (B, 128, 256, 256)   before its norm
+    8  conv 3x3           down2    (B, 256, 128, 128)   before its norm
+    12 .. 20 ResBlocks    res1..9  (B, 256, 64, 64)
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+DEFAULT_TAPS = ("rgb", "down1", "down2", "res1", "res5")  # the reference's nce_layers "0,4,8,12,16"
+
+
+def init_weights(module: nn.Module, gain: float = 0.02) -> nn.Module:
+    """Reference initialisation: xavier-normal(gain) weights, zero biases, for every conv and linear layer."""
+    for m in module.modules():
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
+            nn.init.xavier_normal_(m.weight, gain=gain)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+    return module
+
+
+def _binomial_filter(taps: Sequence[float]) -> Tensor:
+    """Normalised 2-D outer product of a 1-D binomial kernel, e.g. [1, 2, 1] -> (3, 3) summing to 1."""
+    a = torch.tensor(taps, dtype=torch.float32)
+    filt = a[:, None] * a[None, :]
+    return filt / filt.sum()
+
+
+class BlurDownsample(nn.Module):
+    """Anti-aliased stride-2 downsampling: reflect-pad 1, depthwise [1,2,1]x[1,2,1] blur, keep every 2nd pixel.
+
+    (B, C, H, W) -> (B, C, ceil(H/2), ceil(W/2)). Low-pass first, then subsample (Zhang, ICML 2019).
+    """
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.stride = 2
+        # one (3, 3) filter per channel: (C, 1, 3, 3); named `filt` like the reference's buffer
+        self.register_buffer("filt", _binomial_filter([1, 2, 1]).expand(channels, 1, 3, 3).clone())
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = F.pad(x, (1, 1, 1, 1), mode="reflect")
+        return F.conv2d(x, self.filt, stride=self.stride, groups=x.shape[1])
+
+
+class BlurUpsample(nn.Module):
+    """Anti-aliased 2x upsampling: replicate-pad 1, depthwise transposed conv with 4 * [1,3,3,1]x[1,3,3,1]
+    (normalised), stride 2, cropped to exactly (B, C, 2H, 2W)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.stride = 2
+        # x4 = stride**2 keeps a constant image constant (each output gets 1/4 of the filter's taps)
+        self.register_buffer("filt", (4 * _binomial_filter([1, 3, 3, 1])).expand(channels, 1, 4, 4).clone())
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = F.pad(x, (1, 1, 1, 1), mode="replicate")  # (B, C, H+2, W+2)
+        y = F.conv_transpose2d(x, self.filt, stride=self.stride, padding=2, groups=x.shape[1])  # (B, C, 2H+2, 2W+2)
+        return y[:, :, 1:-1, 1:-1]  # (B, C, 2H, 2W)
+
+
+class ResnetBlock(nn.Module):
+    """out = x + [reflect-pad 1, conv 3x3, IN, ReLU, reflect-pad 1, conv 3x3, IN](x); keys as the reference."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.conv_block = nn.Sequential(
+            nn.ReflectionPad2d(1), nn.Conv2d(dim, dim, 3), nn.InstanceNorm2d(dim), nn.ReLU(True),
+            nn.ReflectionPad2d(1), nn.Conv2d(dim, dim, 3), nn.InstanceNorm2d(dim),
+        )  # fmt: skip
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.conv_block(x)
+
+
+def _check_positive(**values: int) -> None:
+    for name, value in values.items():
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+def _check_image(x: Tensor, channels: int) -> None:
+    if not isinstance(x, Tensor) or x.dim() != 4 or x.shape[1] != channels:
+        got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+        raise ValueError(f"x must be an image batch of shape (B, {channels}, H, W), got {got}")
+
+
+class ResnetGenerator(nn.Module):
+    """CycleGAN's ResNet generator as CUT uses it (REFERENCE.md section 3): 2 downsamplings, n_blocks
+    residual blocks at 4*ngf channels, 2 upsamplings; instance norm without affine, reflect padding.
+
+    antialias=True (the reference default): stride-1 convs followed by BlurDownsample, and BlurUpsample
+    followed by a conv. antialias=False: stride-2 convs and stride-2 transposed convs.
+    The output has the input's size when H and W are multiples of 4 (otherwise pad first).
+    """
+
+    def __init__(self, input_nc: int = 3, output_nc: int = 3, ngf: int = 64, n_blocks: int = 9, antialias: bool = True):
+        super().__init__()
+        _check_positive(input_nc=input_nc, output_nc=output_nc, ngf=ngf)
+        if not isinstance(n_blocks, int) or n_blocks < 0:
+            raise ValueError(f"n_blocks must be a non-negative integer, got {n_blocks!r}")
+        self.input_nc, self.output_nc, self.ngf, self.n_blocks, self.antialias = input_nc, output_nc, ngf, n_blocks, antialias
+        layers: list[tuple[str, nn.Module, int]] = []  # (name, layer, output channels), in reference order
+        layers += [
+            ("rgb", nn.ReflectionPad2d(3), input_nc),  # tap "rgb": the padded input itself
+            ("conv_in", nn.Conv2d(input_nc, ngf, 7), ngf),
+            ("norm_in", nn.InstanceNorm2d(ngf), ngf),
+            ("relu_in", nn.ReLU(True), ngf),
+        ]
+        for i, c in ((1, ngf), (2, 2 * ngf)):  # c -> 2c channels, half the resolution; tap "down{i}" = the conv
+            if antialias:
+                layers += [
+                    (f"down{i}", nn.Conv2d(c, 2 * c, 3, stride=1, padding=1), 2 * c),
+                    (f"down{i}_norm", nn.InstanceNorm2d(2 * c), 2 * c),
+                    (f"down{i}_relu", nn.ReLU(True), 2 * c),
+                    (f"down{i}_blur", BlurDownsample(2 * c), 2 * c),
+                ]
+            else:
+                layers += [
+                    (f"down{i}", nn.Conv2d(c, 2 * c, 3, stride=2, padding=1), 2 * c),
+                    (f"down{i}_norm", nn.InstanceNorm2d(2 * c), 2 * c),
+                    (f"down{i}_relu", nn.ReLU(True), 2 * c),
+                ]
+        layers += [(f"res{i}", ResnetBlock(4 * ngf), 4 * ngf) for i in range(1, n_blocks + 1)]
+        for i, c in ((1, 4 * ngf), (2, 2 * ngf)):  # c -> c/2 channels, twice the resolution
+            if antialias:
+                layers += [(f"up{i}_blur", BlurUpsample(c), c), (f"up{i}", nn.Conv2d(c, c // 2, 3, padding=1), c // 2)]
+            else:
+                layers += [(f"up{i}", nn.ConvTranspose2d(c, c // 2, 3, stride=2, padding=1, output_padding=1), c // 2)]
+            layers += [(f"up{i}_norm", nn.InstanceNorm2d(c // 2), c // 2), (f"up{i}_relu", nn.ReLU(True), c // 2)]
+        layers += [
+            ("pad_out", nn.ReflectionPad2d(3), ngf),
+            ("conv_out", nn.Conv2d(ngf, output_nc, 7), output_nc),
+            ("tanh", nn.Tanh(), output_nc),
+        ]
+        self.layers = nn.ModuleDict([(name, layer) for name, layer, _ in layers])
+        self._channels = {name: c for name, _, c in layers}
+        init_weights(self)
+
+    @property
+    def tap_names(self) -> tuple[str, ...]:
+        """Every layer name, in the order the layers run; any of them can be tapped."""
+        return tuple(self.layers.keys())
+
+    def _tap_positions(self, taps: Sequence[str]) -> list[int]:
+        """Validate tap names; return their positions in the layer list."""
+        if isinstance(taps, str):
+            raise ValueError(f"taps must be a sequence of layer names such as {DEFAULT_TAPS}, not the single string {taps!r}")
+        names = self.tap_names
+        unknown = [t for t in taps if t not in names]
+        if unknown:
+            message = f"unknown tap(s) {unknown} for this generator; valid names are {list(names)}"
+            if any(t.startswith("res") for t in unknown):
+                n = self.n_blocks
+                message += (
+                    f". It has n_blocks={n} residual blocks (res1..res{n}); DEFAULT_TAPS {DEFAULT_TAPS} needs "
+                    f"n_blocks >= 5: pass e.g. taps=('rgb', 'down1', 'down2', 'res1', 'res{max(n, 1)}')"
+                )
+            raise ValueError(message)
+        return [names.index(t) for t in taps]
+
+    def tap_channels(self, taps: Sequence[str] = DEFAULT_TAPS) -> list[int]:
+        """Channel count C_l of each tap (e.g. 3, 2ngf, 4ngf, 4ngf, 4ngf): what the projection heads take."""
+        self._tap_positions(taps)
+        return [self._channels[t] for t in taps]
+
+    def _run(self, x: Tensor, taps: Sequence[str], stop_after_last_tap: bool) -> tuple[Tensor, list[Tensor]]:
+        last = max(self._tap_positions(taps), default=-1)
+        _check_image(x, self.input_nc)
+        found: dict[str, Tensor] = {}
+        for position, (name, layer) in enumerate(self.layers.items()):
+            if stop_after_last_tap and position > last:
+                break
+            x = layer(x)
+            if name in taps:
+                found[name] = x
+        return x, [found[t] for t in taps]
+
+    def encode(self, x: Tensor, taps: Sequence[str] = DEFAULT_TAPS) -> list[Tensor]:
+        """Features of the requested taps, list of (B, C_l, H_l, W_l) in the order asked; stops after the last one."""
+        return self._run(x, taps, stop_after_last_tap=True)[1]
+
+    def forward(self, x: Tensor, taps: Sequence[str] | None = None) -> Tensor | tuple[Tensor, list[Tensor]]:
+        """(B, input_nc, H, W) -> image (B, output_nc, H, W) in [-1, 1]; with taps, (image, features of
+        the taps) from the same pass."""
+        image, feats = self._run(x, taps or (), stop_after_last_tap=False)
+        return image if taps is None else (image, feats)
+
+
+class PatchGANDiscriminator(nn.Module):
+    """The 70x70 PatchGAN (REFERENCE.md section 4): one real/fake logit per overlapping patch.
+
+    (B, input_nc, 256, 256) -> (B, 1, 30, 30). antialias=True (reference default): k4 s1 convs followed by
+    BlurDownsample; antialias=False: k4 s2 convs (the original pix2pix/CycleGAN network).
+    """
+
+    def __init__(self, input_nc: int = 3, ndf: int = 64, n_layers: int = 3, antialias: bool = True):
+        super().__init__()
+        _check_positive(input_nc=input_nc, ndf=ndf, n_layers=n_layers)
+        self.input_nc = input_nc
+
+        def down(c_in: int, c_out: int, norm: bool) -> list[nn.Module]:
+            """conv 4x4 [+ IN] + LeakyReLU, halving the resolution (blur after, or stride 2)."""
+            conv = nn.Conv2d(c_in, c_out, 4, stride=1 if antialias else 2, padding=1)
+            block = [conv] + ([nn.InstanceNorm2d(c_out)] if norm else []) + [nn.LeakyReLU(0.2, True)]
+            return block + ([BlurDownsample(c_out)] if antialias else [])
+
+        widths = [ndf * min(2**i, 8) for i in range(n_layers + 1)]  # 64, 128, 256, 512
+        layers = down(input_nc, widths[0], norm=False)  # no norm on the first layer
+        for c_in, c_out in zip(widths[:-2], widths[1:-1]):
+            layers += down(c_in, c_out, norm=True)
+        layers += [
+            nn.Conv2d(widths[-2], widths[-1], 4, padding=1), nn.InstanceNorm2d(widths[-1]), nn.LeakyReLU(0.2, True),
+            nn.Conv2d(widths[-1], 1, 4, padding=1),  # one logit per patch
+        ]  # fmt: skip
+        self.model = nn.Sequential(*layers)  # keys model.<index> as in the reference
+        init_weights(self)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(B, input_nc, H, W) -> logits (B, 1, H', W'), e.g. 256 -> 30."""
+        _check_image(x, self.input_nc)
+        return self.model(x)
+
+
+def _spatial_layers(module: nn.Module):
+    """Yield (kernel, stride, dilation) of each layer that changes what a pixel sees, in run order."""
+    if isinstance(module, nn.ConvTranspose2d | BlurUpsample):
+        raise ValueError(
+            f"receptive_field covers encoder layers only; {type(module).__name__} upsamples (decoder), pick a tap up to the last res block"
+        )
+    if isinstance(module, nn.Conv2d):
+        yield module.kernel_size[0], module.stride[0], module.dilation[0]
+    elif isinstance(module, BlurDownsample):
+        yield module.filt.shape[-1], module.stride, 1
+    else:  # containers (ModuleDict, Sequential, ResnetBlock); pads, norms and activations add nothing
+        for child in module.children():
+            yield from _spatial_layers(child)
+
+
+def receptive_field(net: nn.Module, tap: str | None = None) -> int:
+    """Side in input pixels of the square that one output pixel of ``tap`` sees, through the convolutions.
+
+    Analytic: r <- r + (k - 1) * d * j, j <- j * s over the layers (j: input pixels per feature step).
+    For a ResnetGenerator give a tap name (DEFAULT_TAPS -> 1, 9, 15, 35, 99, paper Sec. 4 / App.);
+    for any other network (e.g. PatchGANDiscriminator) tap=None means its output.
+    Instance norm's statistics are global and are not counted, as in the paper.
+    """
+    if isinstance(net, ResnetGenerator):
+        if tap is None:
+            raise ValueError(f"receptive_field(G, tap) needs a tap name for a generator, e.g. one of {DEFAULT_TAPS}")
+        last = net._tap_positions([tap])[0]
+        modules: nn.Module = nn.Sequential(*list(net.layers.values())[: last + 1])
+    elif tap is not None:
+        raise ValueError(f"tap={tap!r} is only meaningful for a ResnetGenerator, got a {type(net).__name__}")
+    else:
+        modules = net
+    r, j = 1, 1
+    for k, s, d in _spatial_layers(modules):
+        r += (k - 1) * d * j
+        j *= s
+    return r
+
+
+# ---------------------------------------------------------------------------------------------------
+# The authors' released generators (REFERENCE.md section 3): keys "model.<index>.<rest>", where index
+# is the position in their nn.Sequential. Our layers run in that same order, so index i is our i-th
+# layer name: "model.12.conv_block.1.weight" <-> "layers.res1.conv_block.1.weight".
+
+
+def to_reference_state_dict(G: ResnetGenerator) -> dict[str, Tensor]:
+    """Our generator's state dict in the authors' key layout (model.<index>.<rest>)."""
+    position = {name: i for i, name in enumerate(G.tap_names)}
+    out = {}
+    for key, value in G.state_dict().items():
+        _, name, rest = key.split(".", 2)  # "layers", "<layer name>", "<rest>"
+        out[f"model.{position[name]}.{rest}"] = value
+    return out
+
+
+_REFERENCE_KEY = re.compile(r"model\.(\d+)\.(.+)")
+
+
+def _infer_generator_kwargs(state: Mapping[str, Tensor]) -> dict:
+    """input_nc, output_nc, ngf, n_blocks and antialias from the reference keys and shapes."""
+    if "model.1.weight" not in state:
+        raise ValueError(
+            "this is not a generator state dict in the authors' layout: key 'model.1.weight' (the first 7x7 conv) "
+            f"is missing; first keys found: {list(state)[:5]}"
+        )
+    conv_in = state["model.1.weight"]  # (ngf, input_nc, 7, 7)
+    ngf, input_nc = conv_in.shape[0], conv_in.shape[1]
+    parsed = [m for m in map(_REFERENCE_KEY.fullmatch, state) if m]  # (index, rest) of each model.<index>.<rest>
+    blocks = {int(m[1]) for m in parsed if m[2].startswith("conv_block.")}
+    antialias = "model.7.filt" in state  # the first BlurDownsample; the strided variant has a conv there
+    first_block = 12 if antialias else 10
+    up_blur = f"model.{first_block + len(blocks)}.filt"
+    if antialias != (up_blur in state):
+        raise ValueError(
+            "this checkpoint mixes anti-aliased and strided sampling (the reference's --no_antialias / "
+            f"--no_antialias_up set differently: 'model.7.filt' {'present' if antialias else 'absent'}, "
+            f"{up_blur!r} {'present' if up_blur in state else 'absent'}); ResnetGenerator supports one antialias setting"
+        )
+    last_conv = max(int(m[1]) for m in parsed if m[2] == "weight")  # the final 7x7 conv: (output_nc, ngf, 7, 7)
+    output_nc = state[f"model.{last_conv}.weight"].shape[0]
+    return dict(input_nc=input_nc, output_nc=output_nc, ngf=ngf, n_blocks=len(blocks), antialias=antialias)
+
+
+def load_reference_generator(path_or_state_dict: str | Path | Mapping[str, Tensor], **generator_kwargs) -> ResnetGenerator:
+    """A ResnetGenerator holding the weights of an authors' checkpoint (e.g. latest_net_G.pth).
+
+    Architecture arguments not given are inferred from the keys; a "module." prefix (DataParallel) is
+    stripped. Missing, unexpected or wrongly shaped keys raise a ValueError naming them.
+    """
+    if isinstance(path_or_state_dict, (str, Path)):
+        path = Path(path_or_state_dict)
+        if not path.is_file():
+            raise FileNotFoundError(f"no generator checkpoint at {path} (expected the authors' *_net_G.pth file)")
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    else:
+        state = path_or_state_dict
+    if not isinstance(state, Mapping) or not all(isinstance(v, Tensor) for v in state.values()):
+        keys = list(state)[:8] if isinstance(state, Mapping) else type(state).__name__
+        raise ValueError(
+            f"expected a state dict of tensors in the authors' layout (model.<index>.<...>), got {keys}; "
+            "for a cutlib training checkpoint load checkpoint['G'] into a ResnetGenerator instead"
+        )
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    kwargs = {**_infer_generator_kwargs(state), **generator_kwargs}
+    G = ResnetGenerator(**kwargs)
+    expected = to_reference_state_dict(G)
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    wrong_shape = [
+        f"{k}: {tuple(state[k].shape)} but expected {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state and state[k].shape != v.shape
+    ]
+    if missing or unexpected or wrong_shape:
+        raise ValueError(
+            f"the checkpoint does not match ResnetGenerator({', '.join(f'{k}={v!r}' for k, v in kwargs.items())}) "
+            f"in the authors' layout: missing keys {missing}, unexpected keys {unexpected}, wrong shapes {wrong_shape}. "
+            "Check the architecture arguments (ngf, n_blocks, antialias) or that this is a generator (net_G) file."
+        )
+    names = G.tap_names
+    ours = {}
+    for key, value in state.items():
+        _, index, rest = key.split(".", 2)  # "model", "<index>", "<rest>"
+        ours[f"layers.{names[int(index)]}.{rest}"] = value
+    G.load_state_dict(ours, strict=True)
+    return G
