@@ -30,6 +30,12 @@ def _check(name: str, x: Tensor, dims: Sequence[int], expected: str) -> None:
         raise TypeError(f"{name} must be a floating-point tensor of shape {expected}, got dtype {x.dtype}")
 
 
+def _check_dtype(name: str, x: Tensor, ref_name: str, ref: Tensor) -> None:
+    """Raise a readable error unless ``x`` has the dtype of ``ref`` (mixed dtypes fail deep in matmul)."""
+    if x.dtype != ref.dtype:
+        raise TypeError(f"{name} must have the dtype of {ref_name} ({ref.dtype}), got {x.dtype}: convert one with .to()")
+
+
 def l2_normalize(x: Tensor, eps: float = 1e-7) -> Tensor:
     """x / (||x|| + eps) along the last dimension, as the reference normalises features."""
     return x / (x.norm(dim=-1, keepdim=True) + eps)
@@ -49,6 +55,8 @@ def info_nce(query: Tensor, positive: Tensor, negatives: Tensor, tau: float = 0.
     n, c = query.shape
     if negatives.shape[-1] != c or (negatives.dim() == 3 and negatives.shape[0] != n):
         raise ValueError(f"negatives must have shape ({n}, M, {c}) or (M, {c}), got {tuple(negatives.shape)}")
+    _check_dtype("positive", positive, "query", query)
+    _check_dtype("negatives", negatives, "query", query)
 
     l_pos = (query * positive).sum(dim=-1, keepdim=True)  # (N, 1)
     if negatives.dim() == 2:
@@ -80,6 +88,7 @@ def patch_nce(
     _check("feat_k", feat_k, (2,), "(B*P, C)")
     if feat_q.shape != feat_k.shape:
         raise ValueError(f"feat_q and feat_k must have the same shape (B*P, C), got {tuple(feat_q.shape)} and {tuple(feat_k.shape)}")
+    _check_dtype("feat_k", feat_k, "feat_q", feat_q)
     if negatives not in ("image", "batch", None):
         raise ValueError(f"negatives must be 'image', 'batch' or None, got {negatives!r}")
     if negatives is None and external is None:
@@ -102,6 +111,7 @@ def patch_nce(
         _check("external", external, (2,), f"(K, {c})")
         if external.shape[1] != c:
             raise ValueError(f"external must have shape (K, {c}), got {tuple(external.shape)}")
+        _check_dtype("external", external, "feat_q", feat_q)
         parts.append(q @ external.detach().t())  # (G, P', K)
     logits = torch.cat(parts, dim=-1).flatten(0, 1) / tau  # (B*P, 1 + negatives)
     target = torch.zeros(n, dtype=torch.long, device=feat_q.device)
@@ -133,8 +143,10 @@ def sample_patches(
             ids = torch.randperm(h * w, generator=generator)[: min(num_patches, h * w)]
         else:
             ids = patch_ids[layer]
-            if ids.numel() and int(ids.max()) >= h * w:
-                raise ValueError(f"patch_ids[{layer}] points past the {h}x{w} map of features[{layer}]")
+            if not isinstance(ids, Tensor) or ids.dim() != 1 or ids.dtype not in (torch.int64, torch.int32):
+                raise TypeError(f"patch_ids[{layer}] must be a (P,) integer tensor of locations, as sample_patches returns")
+            if ids.numel() and (int(ids.max()) >= h * w or int(ids.min()) < 0):
+                raise ValueError(f"patch_ids[{layer}] points outside the {h}x{w} map of features[{layer}] (valid: 0..{h * w - 1})")
         ids = ids.to(feat.device)
         samples.append(flat[:, ids, :].flatten(0, 1))  # (B*P, C), batch-major
         ids_out.append(ids)
@@ -266,6 +278,10 @@ def multilayer_patch_nce(
         raise ValueError(f"feats_q has {len(feats_q)} layers but feats_k has {len(feats_k)}")
     if negatives != "internal" and external is None:
         raise ValueError(f"negatives={negatives!r} needs the external keys: pass external=queue.read()")
+    if not feats_k:
+        raise ValueError("feats_k must hold at least one (B, C, H, W) map")
+    if external is not None and len(external) != len(feats_k):
+        raise ValueError(f"external must hold one (K, dim) tensor per layer: {len(feats_k)}, got {len(external)}")
     batch_size = feats_k[0].shape[0]
     k_samples, ids = sample_patches(feats_k, num_patches, patch_ids, generator)
     q_samples, _ = sample_patches(feats_q, num_patches, ids)
