@@ -342,9 +342,14 @@ def load_reference_generator(path_or_state_dict: str | Path | Mapping[str, Tenso
             "for a cutlib training checkpoint load checkpoint['G'] into a ResnetGenerator instead"
         )
     state = {k.removeprefix("module."): v for k, v in state.items()}
-    kwargs = {**_infer_generator_kwargs(state), **generator_kwargs}
+    inferred = _infer_generator_kwargs(state)
+    kwargs = {**inferred, **generator_kwargs}
     G = ResnetGenerator(**kwargs)
     expected = to_reference_state_dict(G)
+    # checkpoints of old PyTorch versions stored running statistics for instance norms, which are not
+    # used (track_running_stats=False); the reference's own loader drops them too
+    stale = (".running_mean", ".running_var", ".num_batches_tracked")
+    state = {k: v for k, v in state.items() if k in expected or not k.endswith(stale)}
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
     wrong_shape = [
@@ -353,10 +358,12 @@ def load_reference_generator(path_or_state_dict: str | Path | Mapping[str, Tenso
         if k in state and state[k].shape != v.shape
     ]
     if missing or unexpected or wrong_shape:
+        overridden = {k: v for k, v in generator_kwargs.items() if inferred.get(k) != v}
+        hint = f" The keys themselves suggest {', '.join(f'{k}={inferred[k]!r}' for k in overridden)}." if overridden else ""
         raise ValueError(
             f"the checkpoint does not match ResnetGenerator({', '.join(f'{k}={v!r}' for k, v in kwargs.items())}) "
             f"in the authors' layout: missing keys {missing}, unexpected keys {unexpected}, wrong shapes {wrong_shape}. "
-            "Check the architecture arguments (ngf, n_blocks, antialias) or that this is a generator (net_G) file."
+            "Check the architecture arguments (ngf, n_blocks, antialias) or that this is a generator (net_G) file." + hint
         )
     names = G.tap_names
     ours = {}
