@@ -433,7 +433,8 @@ def dataset_dir(name: str, root: str | Path | None = None, size: int = 64, seed:
     """Cache folder of a built-in dataset: ``<root>/<name>_<size>px_seed<seed>`` (+ counts if not default)."""
     root = Path(root) if root is not None else data_root()
     d = DEFAULTS[name]
-    n_train, n_test = n_train or d["n_train"], n_test or d["n_test"]
+    n_train = d["n_train"] if n_train is None else n_train
+    n_test = d["n_test"] if n_test is None else n_test
     suffix = "" if (n_train, n_test) == (d["n_train"], d["n_test"]) else f"_n{n_train}-{n_test}"
     return root / f"{name}_{size}px_seed{seed}{suffix}"
 
@@ -450,7 +451,8 @@ def make_dataset(name: str, root: str | Path | None = None, size: int = 64, n_tr
     if not isinstance(size, int) or size < 16:
         raise ValueError(f"size must be an integer of at least 16 pixels, got {size!r}")
     d = DEFAULTS[name]
-    n_train, n_test = int(n_train or d["n_train"]), int(n_test or d["n_test"])
+    n_train = int(d["n_train"] if n_train is None else n_train)
+    n_test = int(d["n_test"] if n_test is None else n_test)
     if n_train < 1 or n_test < 1:
         raise ValueError(f"n_train and n_test must be positive, got {n_train}, {n_test}")
     final = dataset_dir(name, root, size, seed, n_train, n_test)
