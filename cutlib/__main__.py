@@ -12,6 +12,10 @@ import sys
 # command -> ("module", "function taking argv", "one-line help")
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "demo": ("cutlib.demo", "cli", "the course's main demo (make demo)"),
+    "datasets": ("cutlib.data.catalog", "cli", "list the built-in and downloadable datasets"),
+    "download": ("cutlib.data.download", "cli", "download a real dataset of the catalog: download NAME [--root DIR]"),
+    "prepare-cityscapes": ("cutlib.data.download", "prepare_cityscapes_cli", "convert your Cityscapes download to labels->photo"),
+    "train": ("cutlib.train", "cli", "train CUT / FastCUT (and other presets) into a run folder"),
 }
 
 

@@ -71,6 +71,7 @@ class TrainConfig:
     flip: bool = True  # random horizontal flip of the training images
     decay_no_jitter: bool = True  # decay epochs load at crop size, no random crop (as the reference)
     num_workers: int = 0
+    dataset_len: int = 0  # items per epoch (0: max(|A|, |B|)); SinCUT draws 100000 crops per "epoch"
     # --- run
     seed: int = 0
     device: str = "auto"  # "auto": cuda when available, else cpu
@@ -99,7 +100,15 @@ def FastCUT(**overrides) -> TrainConfig:
     return override(base, **overrides)
 
 
-PRESETS = {"cut": CUT, "fastcut": FastCUT}
+def CycleGAN(**overrides) -> TrainConfig:
+    """The CycleGAN baseline of the paper's Table 1 (Zhu et al. 2017): two ResNet generators (strided,
+    as the original code), two PatchGANs, LSGAN, cycle L1 x10, identity x0.5, image pool of 50."""
+    base = TrainConfig(model="cyclegan", antialias=False, lambda_cycle=10.0, lambda_identity=0.5, pool_size=50,
+                       n_epochs=100, n_epochs_decay=100)
+    return override(base, **overrides)
+
+
+PRESETS = {"cut": CUT, "fastcut": FastCUT, "cyclegan": CycleGAN}
 
 
 def preset(name: str, **overrides) -> TrainConfig:
