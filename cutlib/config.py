@@ -111,6 +111,17 @@ def CycleGAN(**overrides) -> TrainConfig:
 PRESETS = {"cut": CUT, "fastcut": FastCUT, "cyclegan": CycleGAN}
 
 
+# The course's laptop scale: 64 px crops of the built-in data, narrow networks, six residual blocks.
+# Chapters 4-7 and `make demo` use it so that their runs are comparable; full runs use the presets as they are.
+CPU_SCALE = dict(dataset="stripes", load_size=72, crop_size=64, ngf=16, ndf=16, n_blocks=6, num_patches=64,
+                 n_epochs=5, n_epochs_decay=5, device="cpu", log_every=5)
+
+
+def cpu_scale(name: str = "cut", **overrides) -> TrainConfig:
+    """The preset ``name`` at the course's laptop scale (CPU_SCALE), then ``overrides``."""
+    return preset(name, **{**CPU_SCALE, **overrides})
+
+
 def preset(name: str, **overrides) -> TrainConfig:
     """The preset called ``name`` (case-insensitive) with overrides applied."""
     key = name.lower().replace("-", "").replace("_", "")
