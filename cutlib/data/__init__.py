@@ -5,6 +5,7 @@
 """
 
 from cutlib.data.catalog import get_entry, load_catalog, resolve_dataset
+from cutlib.data.download import download_archive, download_dataset, prepare_cityscapes
 from cutlib.data.folders import (
     ImageFolder,
     SingleImagePair,
@@ -21,10 +22,13 @@ __all__ = [
     "SingleImagePair",
     "UnpairedImageFolder",
     "check_batch_size",
+    "download_archive",
+    "download_dataset",
     "get_entry",
     "list_images",
     "load_catalog",
     "load_image",
     "make_dataset",
+    "prepare_cityscapes",
     "resolve_dataset",
 ]
