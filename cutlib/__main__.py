@@ -15,9 +15,6 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "datasets": ("cutlib.data.catalog", "cli", "list the built-in and downloadable datasets"),
     "download": ("cutlib.data.download", "cli", "download a real dataset of the catalog: download NAME [--root DIR]"),
     "prepare-cityscapes": ("cutlib.data.download", "prepare_cityscapes_cli", "convert your Cityscapes download to labels->photo"),
-    "datasets": ("cutlib.data.catalog", "cli", "list the built-in and downloadable datasets"),
-    "download": ("cutlib.data.download", "cli", "download a real dataset of the catalog: download NAME [--root DIR]"),
-    "prepare-cityscapes": ("cutlib.data.download", "prepare_cityscapes_cli", "convert your Cityscapes download to labels->photo"),
     "train": ("cutlib.train", "cli", "train CUT / FastCUT (and other presets) into a run folder"),
 }
 
