@@ -189,6 +189,7 @@ def download_archive(url: str, dest: str | Path, sha256: str | None = None, extr
     archive = dest.parent / _archive_name(url, dest)
     download_file(url, archive, sha256, md5, retries, backoff, timeout, progress)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
+    os.chmod(tmp, 0o755)  # mkdtemp makes it private; the result is a normal folder
     try:
         safe_extract(archive, tmp)
         entries = list(tmp.iterdir())
@@ -229,6 +230,7 @@ def download_dataset(name: str, root: str | Path | None = None, entry: dict | No
             return dest
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=dest.parent))
+        os.chmod(tmp, 0o755)  # mkdtemp makes it private; the result is a normal folder
         try:
             for f in entry["files"]:
                 download_file(f["url"], tmp / f["path"], f.get("sha256"), **kwargs)
@@ -288,6 +290,7 @@ def prepare_cityscapes(gtfine: str | Path, leftimg: str | Path, out: str | Path,
         raise FileExistsError(f"{out} exists and is not empty; choose a new --out folder")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    os.chmod(tmp, 0o755)  # mkdtemp makes it private; the result is a normal folder
     try:
         for phase, split in (("val", "test"), ("train", "train")):
             colours = sorted((gtfine / phase).glob("*/*_gtFine_color.png"))

@@ -48,7 +48,7 @@ def check_image(path: Path) -> None:
             img.verify()  # PNG: chunk CRCs and the end of the stream
 
 
-def readable_images(paths: list[Path], strict: bool = False) -> list[Path]:
+def readable_images(paths: list[Path], strict: bool = False, stacklevel: int = 3) -> list[Path]:
     """``paths`` without the files that cannot be decoded: one warning names them (strict: raise)."""
     good, bad = [], []
     for path in paths:
@@ -60,7 +60,7 @@ def readable_images(paths: list[Path], strict: bool = False) -> list[Path]:
                 raise OSError(f"cannot read image {path}: {err} (strict=True; remove or fix the file)") from err
             bad.append(f"{path} ({err})")
     if bad:
-        warnings.warn(f"skipping {len(bad)} unreadable image file(s): " + "; ".join(bad), stacklevel=3)
+        warnings.warn(f"skipping {len(bad)} unreadable image file(s): " + "; ".join(bad), stacklevel=stacklevel)
     return good
 
 
@@ -127,7 +127,7 @@ def _phase_images(root: Path, phase: str, domain: str, strict: bool) -> list[Pat
         raise FileNotFoundError(
             f"image folder {folder} holds no images (extensions {', '.join(IMG_EXTENSIONS)}).\n{LAYOUT}"
         )
-    paths = readable_images(paths, strict)
+    paths = readable_images(paths, strict, stacklevel=4)  # the warning points at the caller of the dataset
     if not paths:
         raise FileNotFoundError(f"no readable image in {folder} (all files failed to decode).")
     return paths

@@ -464,6 +464,7 @@ def make_dataset(name: str, root: str | Path | None = None, size: int = 64, n_tr
         shutil.rmtree(final)  # made by an older generator: rebuild
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    os.chmod(tmp, 0o755)  # mkdtemp makes it private; the result is a normal folder
     try:
         meta = WRITERS[name](tmp, size, n_train, n_test, seed)
         meta.update(name=name, size=size, seed=seed, n_train=n_train, n_test=n_test,
