@@ -318,3 +318,12 @@ def test_prepare_cityscapes_bad_folders(tmp_path):
     with pytest.raises(FileNotFoundError, match="frankfurt_000000_000294"):
         prepare_cityscapes(tmp_path / "cs" / "gtFine", tmp_path / "cs" / "leftImg8bit", tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_md5_from_a_third_party_is_checked_with_a_warning(server, tmp_path):
+    data = b"some bytes"
+    server.files["/f.bin"] = data
+    download_file(f"{server.url}/f.bin", tmp_path / "ok.bin", md5=hashlib.md5(data).hexdigest(), **FAST)
+    with pytest.warns(UserWarning, match="md5 differs"):
+        path = download_file(f"{server.url}/f.bin", tmp_path / "other.bin", md5="0" * 32, **FAST)
+    assert path.read_bytes() == data, "a third-party md5 only warns: the sha256 is the real check"
