@@ -257,7 +257,8 @@ def cli(argv: list[str]) -> int:
     entry = catalog[args.name]
     print(f"{args.name}: {entry.get('description', '')}\nlicence: {entry['licence']}\ncite: {entry['citation']}")
     try:
-        path = download_dataset(args.name, args.root, **({"keep_archive": True} if args.keep_archive and "files" not in entry else {}))
+        extra = {"keep_archive": True} if args.keep_archive and "files" not in entry else {}
+        path = download_dataset(args.name, args.root, **extra)
     except (DownloadError, ChecksumError, UnsafeArchiveError, BadArchiveError) as err:
         print(f"error: {err}")
         return 1

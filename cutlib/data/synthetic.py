@@ -173,7 +173,8 @@ def _stripes_scene(rng: np.random.Generator, size: int, domain: str):
     background = _background(rng, u, v, size)
     cover, by, phase = _render_animal(animal, u, v, size)
     # a soft shadow on the ground under the animal
-    shadow = np.clip(1 - ((u - animal.cx) / (0.45 * animal.scale)) ** 2 - ((v - animal.cy - 0.55 * animal.scale) / (0.06 * animal.scale)) ** 2, 0, 1)
+    feet_v = animal.cy + 0.55 * animal.scale
+    shadow = np.clip(1 - ((u - animal.cx) / (0.45 * animal.scale)) ** 2 - ((v - feet_v) / (0.06 * animal.scale)) ** 2, 0, 1)
     background = background * (1 - 0.35 * shadow)[..., None]
     phase = phase + rng.uniform(0, 2 * np.pi)
     coat = _coat(rng, by, size)
@@ -305,7 +306,8 @@ def _city_layout(rng: np.random.Generator, size: int) -> _Scene:
             w, h = rng.uniform(1.0, 1.3) * d, rng.uniform(0.8, 1.0) * d
             body = (abs(u - uc) <= w / 2) & (v <= vb) & (v >= vb - 0.55 * h)
             cabin = (abs(u - uc) <= 0.4 * w) & (v < vb - 0.55 * h) & (v >= vb - h)
-            colour = rng.choice([[200, 200, 205], [30, 30, 35], [150, 20, 25], [30, 50, 120], [120, 120, 125], [230, 230, 230]])
+            colour = rng.choice([[200, 200, 205], [30, 30, 35], [150, 20, 25], [30, 50, 120], [120, 120, 125],
+                                 [230, 230, 230]])
             s.paint(body | cabin, CAR, colour=colour + rng.normal(0, 8, 3), box=(uc - w / 2, vb - h, uc + w / 2, vb))
         elif kind == "person":
             h = rng.uniform(1.0, 1.2) * d
@@ -354,7 +356,8 @@ def _city_photo(s: _Scene, rng: np.random.Generator) -> np.ndarray:
             px = np.repeat((grey * (0.85 + 0.3 * fine))[..., None], 3, axis=2)
             z = 1.0 / depth  # distance along the road, for dashes
             on_line = (np.abs(u - s.ground_u(obj["lane"], v)) < 0.05 * depth) & ((0.5 * z) % 1.0 < 0.5)
-            edges = np.minimum(np.abs(u - s.ground_u(obj["road"][0] + 0.15, v)), np.abs(u - s.ground_u(obj["road"][1] - 0.15, v)))
+            left, right = s.ground_u(obj["road"][0] + 0.15, v), s.ground_u(obj["road"][1] - 0.15, v)
+            edges = np.minimum(np.abs(u - left), np.abs(u - right))  # the painted edge lines
             px = np.where((on_line | (edges < 0.03 * depth))[..., None], 225.0, px)
         elif cls == SIDEWALK:
             seam = ((1.0 / depth) * 1.5) % 1.0 < 0.12  # transverse tile joints, perspective-correct
@@ -416,7 +419,7 @@ def _write_city(out: Path, size: int, n_train: int, n_test: int, seed: int) -> d
             else:
                 _save_png(photo, out / split / name)
     return {
-        "description": "Cityscapes labels->photo analogue: colour label maps (A) -> rendered street photos of other layouts (B)",
+        "description": "Cityscapes labels->photo analogue: colour label maps (A) -> rendered photos of other layouts (B)",
         "classes": CITY_CLASSES,
         "palette": CITY_PALETTE.tolist(),
         "classes_used": CITY_USED,
