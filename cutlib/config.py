@@ -108,7 +108,25 @@ def CycleGAN(**overrides) -> TrainConfig:
     return override(base, **overrides)
 
 
-PRESETS = {"cut": CUT, "fastcut": FastCUT, "cyclegan": CycleGAN}
+def SinCUT(**overrides) -> TrainConfig:
+    """SinCUT (REFERENCE.md section 7): one image per domain, StyleGAN2 networks (ngf 10, ndf 8) on
+    16 random 64x64 crops per step, non-saturating GAN + R1, PatchNCE x4 on one location per layer
+    per crop with the other crops as negatives, NCE and L1 identity, Adam 0.002 (0, 0.99), 8 + 8
+    "epochs" of 100,000 crops."""
+    base = TrainConfig(
+        model="sincut", dataset="single_image_monet_etretat", netG="stylegan2", netD="stylegan2", ngf=10, ndf=8,
+        gan_mode="nonsaturating", lambda_gan=1.0, lambda_r1=1.0, lambda_nce=4.0, nce_idt=True, lambda_idt_l1=1.0,
+        nce_layers=("rgb", "down1", "res2"), num_patches=1, negatives_from_batch=True,
+        lr=0.002, beta1=0.0, beta2=0.99, batch_size=16, n_epochs=8, n_epochs_decay=8, dataset_len=100_000,
+        load_size=1024,  # the reference's value; unused: the crops are zoomed from the original image
+        crop_size=64, flip=True,
+        decay_no_jitter=False,  # the single-image data zooms and tiles in the decay epochs too
+        save_epoch_freq=1,  # the reference keeps a generator every epoch (16 in all)
+    )
+    return override(base, **overrides)
+
+
+PRESETS = {"cut": CUT, "fastcut": FastCUT, "cyclegan": CycleGAN, "sincut": SinCUT}
 
 
 # The course's laptop scale: 64 px crops of the built-in data, narrow networks, six residual blocks.

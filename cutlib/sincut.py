@@ -1,0 +1,98 @@
+"""SinCUT: CUT trained on a single image per domain (paper Sec. 5, Fig. 9; REFERENCE.md section 7).
+
+The same iteration as CUT (forward G on cat(x, y), D step, then G and H step with the updated D);
+what changes is the objective:
+
+    D:  non-saturating GAN  +  0.5 * lambda_R1 * R1(y)            (R1 on the real crops, every step)
+    G:  non-saturating GAN  +  0.5 * (PatchNCE(x, G(x)) + PatchNCE(y, G(y)))  +  lambda_idt * |G(y) - y|_1
+
+PatchNCE samples ONE location per layer per crop and contrasts it with the same location in the
+other crops of the minibatch (``negatives_from_batch``): with 16 crops, 15 negatives per query.
+The networks are the StyleGAN2 ones of cutlib.stylegan2, built by the CUT model from the config.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from cutlib.config import TrainConfig
+from cutlib.losses import d_loss, g_loss, r1_penalty
+from cutlib.models import CUTModel
+
+
+class SinCUTModel(CUTModel):
+    """CUT's networks, heads, optimisers and PatchNCE, with SinCUT's D loss (+ R1) and G loss (+ L1 identity).
+
+    The generator's noise injection draws from torch's default RNG of the device, which the trainer
+    checkpoints with ``model.rng`` (patch locations): a resumed run repeats the same draws.
+    """
+
+    def __init__(self, cfg: TrainConfig, device: torch.device | str = "cpu"):
+        unsupported = {
+            "flip_equivariance": cfg.flip_equivariance,  # a FastCUT regulariser, not part of SinCUT
+            "negatives != 'internal'": cfg.negatives != "internal",  # no momentum queue on one image
+        }
+        bad = [name for name, on in unsupported.items() if on]
+        if bad:
+            raise ValueError(f"SinCUTModel does not support {', '.join(bad)}: use model='cut' for these ablations")
+        super().__init__(cfg, device)
+
+    @torch.no_grad()
+    def translate(self, x: Tensor) -> Tensor:
+        """G(x) with the noise drawn from a generator seeded afresh (cfg.seed) at each call: sample
+        grids are comparable across steps, and writing them leaves the training RNG untouched
+        (otherwise a resumed run would draw different noise than an uninterrupted one)."""
+        noise = torch.Generator(device=x.device).manual_seed(self.cfg.seed)
+        return self.G(x, generator=noise)
+
+    def discriminator_loss(self, y: Tensor, fake: Tensor) -> tuple[Tensor, dict[str, float]]:
+        """GAN loss of D on (y real, G(x) fake) plus 0.5 * lambda_R1 * R1 on the real crops."""
+        cfg = self.cfg
+        y = y.detach().requires_grad_(cfg.lambda_r1 > 0)  # R1 differentiates D(y) w.r.t. y
+        real_logits = self.D(y)  # (B, 1)
+        loss_gan = d_loss(real_logits, self.D(fake.detach()), cfg.gan_mode)
+        if cfg.lambda_r1 <= 0:
+            return loss_gan, {"D": loss_gan.item()}
+        loss_r1 = r1_penalty(real_logits, y)
+        return loss_gan + 0.5 * cfg.lambda_r1 * loss_r1, {"D": loss_gan.item(), "D_R1": loss_r1.item()}
+
+    def training_step(self, batch: dict) -> dict[str, float]:
+        """One iteration on a minibatch of crops: forward G, update D (+ R1), update G and H (+ L1 identity)."""
+        cfg = self.cfg
+        device = next(self.G.parameters()).device
+        x, y = batch["A"].to(device), batch["B"].to(device)  # (B, 3, 64, 64) crops of the two images
+        b = x.shape[0]
+        with_y = cfg.nce_idt or cfg.lambda_idt_l1 > 0  # G(y) is needed by either identity term
+        fake_all, taps_real = self.G(torch.cat([x, y]) if with_y else x, taps=self.taps)  # keys: taps of the input
+        fake, idt = fake_all[:b], fake_all[b:]
+
+        # --- D step on (y real, G(x) fake), with the R1 penalty on y
+        self.D.requires_grad_(True)
+        self.optimizers["D"].zero_grad(set_to_none=True)
+        loss_d, losses = self.discriminator_loss(y, fake)
+        loss_d.backward()
+        self.optimizers["D"].step()
+
+        # --- G and H step, D frozen and already updated
+        self.D.requires_grad_(False)
+        self.optimizers["G"].zero_grad(set_to_none=True)
+        self.optimizers["H"].zero_grad(set_to_none=True)
+        loss_gan = g_loss(self.D(fake), cfg.gan_mode) * cfg.lambda_gan
+        loss_nce = loss_nce_x = self.nce_loss([k[:b] for k in taps_real], fake, flipped=False)
+        losses.update(G_GAN=loss_gan.item(), NCE=loss_nce_x.item())
+        if cfg.nce_idt:
+            loss_nce_y = self.nce_loss([k[b:] for k in taps_real], idt, flipped=False)
+            loss_nce = 0.5 * (loss_nce_x + loss_nce_y)
+            losses["NCE_Y"] = loss_nce_y.item()
+        loss_g = loss_gan + loss_nce
+        if cfg.lambda_idt_l1 > 0:  # G should leave an image of the target domain unchanged
+            loss_idt = F.l1_loss(idt, y) * cfg.lambda_idt_l1
+            loss_g = loss_g + loss_idt
+            losses["idt"] = loss_idt.item()
+        loss_g.backward()
+        self.optimizers["G"].step()
+        self.optimizers["H"].step()
+        losses["G"] = loss_g.item()
+        return losses
