@@ -1,0 +1,263 @@
+"""Seconds per iteration and peak memory of CUT, FastCUT and CycleGAN: the paper's Table 1, measured here.
+
+    python -m cutlib bench --presets cut,fastcut,cyclegan --size 256 --steps 5 [--device cpu|cuda] [--json OUT.json]
+
+Each preset trains on synthetic random batches (batch 1, ``size`` x ``size``; no dataset needed) with
+the full reference networks unless overridden (--ngf 16 ...). One iteration is one ``training_step``
+(all forward passes and all optimiser updates). The first ``warmup`` iterations are not timed
+(allocations, kernel selection); the median and the quartiles of the next ``steps`` are reported,
+in wall-clock seconds (the paper's measure) and in CPU seconds of the process (all its threads),
+which other programs competing for a shared CPU disturb much less.
+
+Memory: on a GPU, torch.cuda.max_memory_allocated (tensors only: weights, gradients, Adam states,
+activations). On a CPU, the increase of the process's peak resident memory (ru_maxrss) during the
+run, measured after one iteration of a tiny copy of the preset (32 px, ngf 4) so that torch's own
+code and thread pools, paged in by any first iteration (~200 MB here), are not counted. A process's
+peak RSS never goes down, so each preset runs in a fresh Python process (isolate=True): otherwise a
+later, smaller preset would report the earlier one's peak.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from cutlib import config as C
+
+# Paper Table 1 (GTX 1080Ti, 256 px, batch 1): seconds per iteration and GPU memory in GB (REFERENCE.md section 8)
+PAPER = {"cyclegan": (0.40, 4.81), "cut": (0.24, 3.33), "fastcut": (0.15, 2.25)}
+BASELINE = "cyclegan"
+# fields the bench sets itself; use --size and --device instead
+FIXED = {"crop_size": "--size", "load_size": "--size", "device": "--device"}
+
+
+def cpu_model() -> str:
+    """The CPU's model name (Linux /proc/cpuinfo, else platform.processor())."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_info(device: str = "cpu") -> dict:
+    """What the numbers were measured on: CPU, logical cores, torch threads, versions, GPU name."""
+    info = {
+        "cpu": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "device": device,
+    }
+    if device.startswith("cuda"):
+        info["gpu"] = torch.cuda.get_device_name(torch.device(device))
+    return info
+
+
+def _resolve_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} was asked for but no CUDA GPU is visible; use --device cpu")
+    if not (device == "cpu" or device.startswith("cuda")):
+        raise ValueError(f"device must be cpu, cuda, cuda:N or auto, got {device!r}")
+    return device
+
+
+def bench_config(preset: str, size: int, device: str = "cpu", **overrides) -> C.TrainConfig:
+    """The preset at ``size`` px (crop = load size, batch 1 unless overridden) on ``device``."""
+    fixed = sorted(set(overrides) & set(FIXED))
+    if fixed:
+        raise ValueError(f"bench sets {', '.join(fixed)} itself; use {', '.join(sorted({FIXED[k] for k in fixed}))} instead")
+    return C.preset(preset, crop_size=size, load_size=size, device=device, **{"batch_size": 1, **overrides})
+
+
+def _peak_rss_mb() -> float:
+    """Peak resident memory of this process so far, in MB (ru_maxrss is KB on Linux, bytes on macOS)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
+
+
+def measure(preset: str, size: int = 256, steps: int = 5, warmup: int = 1, device: str = "cpu", seed: int = 0,
+            **overrides) -> dict:
+    """Time ``warmup + steps`` training iterations of ``preset`` in THIS process; see the module docstring.
+
+    The CPU memory figure is only meaningful in a fresh process (bench(..., isolate=True) does that)."""
+    from cutlib.models import build_model
+
+    device = _resolve_device(device)
+    cfg = bench_config(preset, size, device, **{"seed": seed, **overrides})
+    g = torch.Generator().manual_seed(seed)
+    shape = (cfg.batch_size, cfg.input_nc, size, size)
+    batches = [{"A": (torch.rand(shape, generator=g) * 2 - 1).to(device), "B": (torch.rand(shape, generator=g) * 2 - 1).to(device)}
+               for _ in range(warmup + steps)]  # (B, C, size, size) in [-1, 1], made before the clock starts
+    cuda = device.startswith("cuda")
+    if not cuda:  # bring torch's code pages into memory first (~200 MB of RSS here), so that they are not counted
+        tiny = bench_config(preset, 32, device, **{**overrides, "ngf": 4, "ndf": 4, "batch_size": 1})
+        x = torch.rand(1, cfg.input_nc, 32, 32, generator=g) * 2 - 1  # (1, C, 32, 32)
+        build_model(tiny, device).training_step({"A": x, "B": x})
+    rss_before = _peak_rss_mb()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(device)
+    torch.manual_seed(seed)
+    model = build_model(cfg, device)
+    times, cpu_times = [], []  # wall-clock and CPU seconds (all threads of this process) per iteration
+    for i, batch in enumerate(batches):
+        if cuda:
+            torch.cuda.synchronize(device)
+        t0, c0 = time.perf_counter(), time.process_time()
+        model.training_step(batch)
+        if cuda:
+            torch.cuda.synchronize(device)
+        if i >= warmup:
+            times.append(time.perf_counter() - t0)
+            cpu_times.append(time.process_time() - c0)
+    q25, _, q75 = statistics.quantiles(times, n=4, method="inclusive") if len(times) > 1 else (times[0],) * 3
+    row = {
+        "preset": preset, "model": cfg.model, "size": size, "batch_size": cfg.batch_size, "steps": steps, "warmup": warmup,
+        "device": device, "threads": torch.get_num_threads(),
+        "median_s": statistics.median(times), "q25_s": q25, "q75_s": q75, "min_s": min(times), "max_s": max(times),
+        "times_s": times, "cpu_median_s": statistics.median(cpu_times), "cpu_times_s": cpu_times,
+        "params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 3),
+    }
+    if cuda:
+        row.update(memory_mb=torch.cuda.max_memory_allocated(device) / 2**20, memory_kind="torch.cuda.max_memory_allocated")
+    else:
+        peak = _peak_rss_mb()
+        row.update(memory_mb=peak - rss_before, memory_kind="peak RSS increase", rss_before_mb=rss_before, rss_peak_mb=peak)
+    return row
+
+
+def _worker() -> None:
+    """Entry point of a fresh process: JSON arguments on stdin, the measure() row as JSON on stdout."""
+    args = json.loads(sys.stdin.read())
+    torch.set_num_threads(args.pop("threads"))
+    print(json.dumps(measure(**args)))
+
+
+def _measure_in_fresh_process(**kwargs) -> dict:
+    kwargs["threads"] = torch.get_num_threads()  # the caller's thread count, not the child's default
+    code = "from cutlib.bench import _worker; _worker()"
+    done = subprocess.run([sys.executable, "-c", code], input=json.dumps(kwargs), capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"bench of preset {kwargs['preset']!r} failed in its subprocess:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def bench(presets=("cut", "fastcut", "cyclegan"), size: int = 256, steps: int = 5, device: str = "auto", warmup: int = 1,
+          isolate: bool = True, seed: int = 0, progress: bool = False, **overrides) -> list[dict]:
+    """measure() each preset (each in a fresh process when isolate), then add the ratios to CycleGAN and the
+    paper's figures. ``presets``: a list or a comma-separated string. Returns one dict per preset."""
+    if isinstance(presets, str):
+        presets = [p.strip() for p in presets.split(",") if p.strip()]
+    presets = [p.lower() for p in presets]
+    if not presets:
+        raise ValueError(f"presets must name at least one of {', '.join(C.PRESETS)}")
+    if not isinstance(steps, int) or steps < 1 or not isinstance(warmup, int) or warmup < 0:
+        raise ValueError(f"steps must be an integer >= 1 and warmup >= 0, got steps={steps!r}, warmup={warmup!r}")
+    if not isinstance(size, int) or size < 32:
+        raise ValueError(f"size must be an integer of at least 32 px (the PatchGAN needs it), got {size!r}")
+    device = _resolve_device(device)
+    for name in presets:  # fail on a bad name or override before any subprocess starts
+        bench_config(name, size, device, **overrides)
+    rows = []
+    for name in presets:
+        if progress:
+            print(f"bench: {name} ...", file=sys.stderr, flush=True)
+        args = dict(preset=name, size=size, steps=steps, warmup=warmup, device=device, seed=seed, **overrides)
+        rows.append(_measure_in_fresh_process(**args) if isolate else measure(**args))
+    base = next((r for r in rows if r["preset"] == BASELINE), None)
+    for row in rows:
+        row["time_vs_cyclegan"] = row["median_s"] / base["median_s"] if base else None
+        row["cpu_time_vs_cyclegan"] = row["cpu_median_s"] / base["cpu_median_s"] if base else None
+        row["memory_vs_cyclegan"] = row["memory_mb"] / base["memory_mb"] if base and base["memory_mb"] > 0 else None
+        paper = PAPER.get(row["preset"])
+        row["paper_s"], row["paper_gb"] = paper if paper else (None, None)
+        row["paper_time_vs_cyclegan"] = paper[0] / PAPER[BASELINE][0] if paper else None
+        row["paper_memory_vs_cyclegan"] = paper[1] / PAPER[BASELINE][1] if paper else None
+    return rows
+
+
+def format_table(rows: list[dict]) -> str:
+    """A plain-text table of bench() rows: wall time (median [q25, q75]), CPU time, memory, ratios to
+    CycleGAN (CG) measured here and in the paper."""
+    fmt = lambda v, spec: "-" if v is None else format(v, spec)  # noqa: E731
+    head = (f"{'preset':<9} {'s/iter':>7} {'[q25, q75]':>16} {'CPU s/iter':>10} {'memory MB':>9} "
+            f"{'time/CG':>7} {'CPU/CG':>6} {'mem/CG':>6} {'paper time/CG':>13} {'paper mem/CG':>12}")
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        spread = f"[{r['q25_s']:.3f}, {r['q75_s']:.3f}]"
+        lines.append(
+            f"{r['preset']:<9} {r['median_s']:>7.3f} {spread:>16} {r['cpu_median_s']:>10.3f} {r['memory_mb']:>9.0f} "
+            f"{fmt(r['time_vs_cyclegan'], '.2f'):>7} {fmt(r['cpu_time_vs_cyclegan'], '.2f'):>6} "
+            f"{fmt(r['memory_vs_cyclegan'], '.2f'):>6} {fmt(r['paper_time_vs_cyclegan'], '.3f'):>13} "
+            f"{fmt(r['paper_memory_vs_cyclegan'], '.3f'):>12}"
+        )
+    if rows:
+        lines.append(f"medians over the timed steps; memory: {rows[0]['memory_kind']}; CG = CycleGAN; "
+                     "paper: Table 1, GTX 1080Ti, 256 px, batch 1")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------- command line
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m cutlib bench",
+        description="Seconds per iteration and peak memory of training presets (the paper's Table 1), on synthetic batches.",
+        epilog="Any TrainConfig field is also an option (--ngf 16 --n-blocks 6 ...), except crop/load size (--size) and device.",
+    )
+    p.add_argument("--presets", default="cut,fastcut,cyclegan", help="comma-separated presets (default cut,fastcut,cyclegan)")
+    p.add_argument("--size", type=int, default=256, help="image size in px, a multiple of 4 (default 256)")
+    p.add_argument("--steps", type=int, default=5, help="timed iterations per preset (default 5)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed iterations first (default 1)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: cuda when available)")
+    p.add_argument("--json", default=None, metavar="OUT.json", help="also write the machine, settings and rows as JSON")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--in-process", action="store_true", help="measure every preset in this process (CPU memory then "
+                   "only counts what a preset adds beyond the earlier ones' peak)")
+    for name in C.FIELDS:
+        flag = "--" + name.replace("_", "-")
+        aliases = [flag] + (["--" + name] if "_" in name else [])
+        if flag not in ("--device", "--seed"):
+            p.add_argument(*aliases, dest="cfg_" + name, default=None, metavar=name.upper(), help=argparse.SUPPRESS)
+    return p
+
+
+def cli(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    overrides = {k[4:]: v for k, v in vars(args).items() if k.startswith("cfg_") and v is not None}
+    try:
+        rows = bench(args.presets, args.size, args.steps, args.device, args.warmup, isolate=not args.in_process,
+                     seed=args.seed, progress=True, **overrides)
+    except (ValueError, TypeError, RuntimeError) as err:
+        print(f"cutlib bench: {err}", file=sys.stderr)
+        return 1
+    machine = machine_info(rows[0]["device"])
+    machine["torch_threads"] = rows[0]["threads"]
+    print(f"{machine['cpu']} ({machine['cpu_count']} logical CPUs, {machine['torch_threads']} torch threads), "
+          f"torch {machine['torch']}, device {machine['device']}{' ' + machine['gpu'] if 'gpu' in machine else ''}; "
+          f"{args.size} px, batch {rows[0]['batch_size']}, {args.steps} timed steps after {args.warmup} warm-up")
+    print(format_table(rows))
+    if args.json:
+        out = {"command": " ".join(["python -m cutlib bench", *argv]), "machine": machine,
+               "settings": {"size": args.size, "steps": args.steps, "warmup": args.warmup, "seed": args.seed,
+                            "isolated": not args.in_process, "overrides": overrides},
+               "results": rows}
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(out, indent=2))
+        print(f"written {args.json}")
+    return 0
