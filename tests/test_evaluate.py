@@ -1,0 +1,291 @@
+"""cutlib.evaluate: the built-in evaluators against the ground truth itself and noise, hand-computed
+scores, caching, eval.json of a tiny trained run (final and best epoch), real folders, the command."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+import scipy.ndimage
+import torch
+
+from cutlib import config as C
+from cutlib.__main__ import main
+from cutlib.data import make_dataset
+from cutlib.evaluate import (
+    STRIPED,
+    BuiltinEvaluator,
+    animal_fractions,
+    benchmark_of,
+    city_scores,
+    evaluate_run,
+    evaluator_cache_path,
+    load_evaluator,
+    load_split,
+    read_images,
+    read_labels,
+    run_checkpoints,
+    stripes_scores,
+    train_evaluator,
+    translate_images,
+)
+from cutlib.metrics import INCEPTION_WEIGHTS_FILE, FeatureExtractor, feature_statistics, frechet_distance, image_features
+from cutlib.train import load_run, train
+
+SIZE = 32  # evaluation size of the tiny runs (their crop size)
+TINY = dict(load_size=40, crop_size=SIZE, ngf=8, ndf=8, n_blocks=5, num_patches=16, netF_nc=32,
+            n_epochs=1, n_epochs_decay=1, device="cpu", log_every=10, num_samples=2)
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    return tmp_path_factory.mktemp("data")
+
+
+@pytest.fixture(scope="module")
+def stripes(data_root):
+    return make_dataset("stripes", root=data_root, size=40, n_train=100, n_test=16)
+
+
+@pytest.fixture(scope="module")
+def city(data_root):
+    return make_dataset("city", root=data_root, size=40, n_train=100, n_test=16)
+
+
+@pytest.fixture(scope="module")
+def stripes_evaluator(stripes):
+    return load_evaluator(stripes, size=SIZE)  # trained here (~10 s), cached in the dataset folder
+
+
+@pytest.fixture(scope="module")
+def city_evaluator(city):
+    return load_evaluator(city, size=SIZE)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(stripes, tmp_path_factory):
+    """150 steps on 100 images: a snapshot after epoch 1 (step 100) and the final checkpoint (step 150)."""
+    out = tmp_path_factory.mktemp("runs") / "cut"
+    train(C.preset("cut", dataset=str(stripes), max_steps=150, save_epoch_freq=1, **TINY), out, progress=False)
+    return out
+
+
+# ---------------------------------------------------------------- reading data
+
+
+def test_read_images_and_labels_at_the_evaluation_size(stripes):
+    images = read_images(stripes / "testA", SIZE)
+    labels = read_labels(stripes / "testA_labels", SIZE)
+    assert images.shape == (16, 3, SIZE, SIZE) and images.dtype == torch.float32
+    assert 0 <= images.min() and images.max() <= 1
+    assert labels.shape == (16, SIZE, SIZE) and set(labels.unique().tolist()) == {0, 1}  # nearest: no new values
+    native = read_labels(stripes / "testA_labels", 40)  # the stored size: the files themselves
+    assert float(animal_fractions(labels).mean()) == pytest.approx(float(animal_fractions(native).mean()), abs=0.01)
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        read_images(stripes / "nowhere", SIZE)
+
+
+def test_load_split_and_benchmark_of(stripes, city, tmp_path):
+    assert benchmark_of(stripes) == "stripes" and benchmark_of(city) == "city" and benchmark_of(tmp_path) is None
+    data = load_split(stripes, "test", SIZE)
+    assert data["inputs"].shape == data["targets"].shape == data["real"].shape == (16, 3, SIZE, SIZE)
+    assert data["input_labels"].shape == data["real_labels"].shape == (16, SIZE, SIZE)
+    train_split = load_split(stripes, "train", SIZE)
+    assert len(train_split["inputs"]) == 100 and train_split["targets"] is None  # no targets for train
+    with pytest.raises(ValueError, match="split"):
+        load_split(stripes, "val", SIZE)
+
+
+def test_animal_fractions_on_hand_made_maps():
+    labels = torch.zeros(2, 4, 4, dtype=torch.long)
+    labels[0, :2] = 1  # half the image
+    labels[1, 0, 0] = 2  # one pixel of sixteen, the striped class counts as animal too
+    assert animal_fractions(labels).tolist() == [0.5, 1 / 16]
+
+
+# ---------------------------------------------------------------- the evaluators on the ground truth
+
+
+def test_stripes_evaluator_near_perfect_on_the_truth_and_poor_on_noise(stripes, stripes_evaluator):
+    data = load_split(stripes, "test", SIZE)
+    args = dict(inputs=data["inputs"], input_labels=data["input_labels"], targets=data["targets"], real_labels=data["real_labels"])
+    truth = stripes_scores(stripes_evaluator, data["targets"], **args)  # the true striped scenes as "outputs"
+    assert truth["preservation_iou"] > 0.8 and truth["stripe_score"] > 0.7
+    assert truth["background_l1"] < 0.01 and truth["target_l1"] == 0
+    assert truth["size_w1_A"] < 0.03 < truth["size_w1_B"]  # the true translations keep A's sizes (Fig. 15)
+    assert truth["animal_fraction_A"] < truth["animal_fraction_B"]
+
+    identity = stripes_scores(stripes_evaluator, data["inputs"], **args)  # G = identity: preserved, not striped
+    assert identity["preservation_iou"] > 0.8 and identity["stripe_score"] < 0.2
+    assert identity["background_l1"] == 0 and identity["target_l1"] > 0.03
+
+    noise = stripes_scores(stripes_evaluator, torch.rand(data["inputs"].shape, generator=torch.Generator().manual_seed(0)), **args)
+    assert noise["preservation_iou"] < 0.2 and noise["stripe_score"] < 0.2
+    assert noise["background_l1"] > 0.2 and noise["target_l1"] > 0.2
+
+
+def test_city_evaluator_scores_true_photos_high_and_noise_low(city, city_evaluator):
+    data = load_split(city, "test", SIZE)
+    held_out = city_scores(city_evaluator, data["real"], data["real_labels"])  # testB photos, never trained on
+    truth = city_scores(city_evaluator, data["targets"], data["input_labels"])  # the true photos of the input labels
+    noise = city_scores(city_evaluator, torch.rand(data["targets"].shape, generator=torch.Generator().manual_seed(0)), data["input_labels"])
+    for good in (held_out, truth):
+        assert good["seg_pixel_acc"] > 0.85 and good["seg_mean_iou"] > 0.35
+    assert noise["seg_pixel_acc"] < 0.5 and noise["seg_mean_iou"] < 0.15
+    assert city_evaluator.classes[0] == "road" and len(city_evaluator.classes) == 19
+
+
+def test_stripes_scores_match_a_hand_computation(stripes, stripes_evaluator):
+    data = load_split(stripes, "test", SIZE)
+    inputs, labels = data["inputs"][:4], data["input_labels"][:4]
+    outputs = inputs.clone()
+    outputs[:, :, :3, :] = 1 - outputs[:, :, :3, :]  # change the top rows (sky: outside every animal)
+    scores = stripes_scores(stripes_evaluator, outputs, inputs, labels)
+    outside = np.stack([~scipy.ndimage.binary_dilation(m, structure=np.ones((3, 3))) for m in labels.numpy() > 0])
+    diff = (outputs - inputs).abs().numpy().transpose(1, 0, 2, 3)  # (3, N, S, S)
+    assert scores["background_l1"] == pytest.approx(diff[:, outside].mean(), rel=1e-5)
+    probs = stripes_evaluator.probabilities(outputs)
+    found = (probs.argmax(1) > 0).numpy()
+    truth = labels.numpy() > 0
+    ious = [(f & t).sum() / (f | t).sum() for f, t in zip(found, truth)]
+    striped = [p[t].mean() for p, t in zip(probs[:, STRIPED].numpy(), truth)]
+    assert scores["preservation_iou"] == pytest.approx(np.mean(ious), rel=1e-5)
+    assert scores["stripe_score"] == pytest.approx(np.mean(striped), rel=1e-5)
+    assert scores["animal_fraction"] == pytest.approx(found.mean(), rel=1e-5) and "target_l1" not in scores
+
+
+def test_builtin_evaluator_is_a_feature_extractor_that_separates_domains(stripes, stripes_evaluator):
+    assert isinstance(stripes_evaluator, FeatureExtractor) and stripes_evaluator.name == f"builtin-stripes-{SIZE}px-seed0"
+    data = load_split(stripes, "test", SIZE)
+    feats = image_features(data["real"], stripes_evaluator)
+    assert feats.shape == (16, stripes_evaluator.dims)
+    np.testing.assert_allclose(image_features(data["real"], stripes_evaluator, batch_size=5), feats, rtol=1e-4, atol=1e-5)
+    train_b = image_features(read_images(stripes / "trainB", SIZE), stripes_evaluator)
+    train_a = image_features(read_images(stripes / "trainA", SIZE), stripes_evaluator)
+    same = frechet_distance(*feature_statistics(train_b), *feature_statistics(feats))
+    other = frechet_distance(*feature_statistics(train_a), *feature_statistics(feats))
+    assert same < 0.5 * other  # testB is nearer trainB than trainA in these features
+    with pytest.raises(ValueError, match=r"\(N, 3, H, W\)"):
+        stripes_evaluator(torch.rand(2, 1, SIZE, SIZE))
+
+
+# ---------------------------------------------------------------- caching
+
+
+def test_trained_evaluators_are_cached_not_retrained(stripes, stripes_evaluator):
+    path = evaluator_cache_path(stripes, size=SIZE)
+    assert path.is_file() and path.parent == stripes / "evaluators"
+    assert stripes_evaluator.info["cache"] == str(path)
+    stamp = path.stat().st_mtime_ns
+    again = load_evaluator(stripes, size=SIZE)
+    assert again.info["loaded_from_cache"] is True and path.stat().st_mtime_ns == stamp
+    assert again.info["train_seconds"] == stripes_evaluator.info["train_seconds"]
+    for key, value in stripes_evaluator.net.state_dict().items():
+        assert torch.equal(again.net.state_dict()[key], value), key
+    assert evaluator_cache_path(stripes, size=SIZE, seed=1) != path and evaluator_cache_path(stripes, size=64) != path
+
+
+def test_evaluators_need_a_builtin_dataset(tmp_path):
+    with pytest.raises(ValueError, match="not a built-in dataset"):
+        train_evaluator(tmp_path, size=SIZE)
+    with pytest.raises(ValueError, match="benchmark"):
+        BuiltinEvaluator("horses", ["a"], SIZE)
+
+
+# ---------------------------------------------------------------- evaluating a run
+
+
+def test_eval_json_of_a_tiny_run_reports_final_and_best_epoch(tiny_run, stripes, stripes_evaluator):
+    report = evaluate_run(tiny_run, device="cpu")
+    assert json.loads((tiny_run / "eval.json").read_text()) == json.loads(json.dumps(report))
+    assert [(e["checkpoint"], e["epoch"], e["step"]) for e in report["epochs"]] == [
+        ("epochs/G_epoch001.pt", 1, 100), ("checkpoint.pt", 2, 150)]
+    assert report["final"]["step"] == 150 and report["final"]["final"] and report["final"]["partial_epoch"]
+    assert report["best"]["chosen_by"] == "fid" and report["best"]["better"] == "lower"
+    assert report["best"]["metrics"]["fid"] == min(e["metrics"]["fid"] for e in report["epochs"])
+    assert report["split"] == "test" and report["seed"] == 0 and report["image_size"] == SIZE
+    assert report["num_images"] == {"inputs": 16, "real": 16} and report["benchmark"] == "stripes"
+    assert report["extractor"]["name"] == stripes_evaluator.name and report["extractor"]["dims"] == stripes_evaluator.dims
+    assert report["extractor"]["comparable_with_published"] is False
+    assert report["evaluator"]["loaded_from_cache"] is True  # the fixture's evaluator, not a new one
+    metrics = report["final"]["metrics"]
+    assert {"fid", "kid_mean", "kid_std", "preservation_iou", "stripe_score", "background_l1", "target_l1",
+            "animal_fraction", "size_w1_B"} <= set(metrics)
+    assert set(report["metric_info"]) == set(metrics) and report["metric_info"]["fid"]["num_images"] == {"real": 16, "fake": 16}
+    assert report["kid"]["subset_size"] == 8 and metrics["kid_std"] > 0
+
+    # the final entry is what the final generator gives, recomputed here by hand
+    _, model = load_run(tiny_run)
+    data = load_split(stripes, "test", SIZE)
+    outputs = translate_images(model, data["inputs"])
+    assert torch.equal(outputs, (outputs * 255).round() / 255)  # 8-bit values, as a saved PNG
+    expected = stripes_scores(stripes_evaluator, outputs, data["inputs"], data["input_labels"], data["targets"], data["real_labels"])
+    for key, value in expected.items():
+        assert metrics[key] == pytest.approx(value, rel=1e-5, abs=1e-7), key
+    real, fake = image_features(data["real"], stripes_evaluator), image_features(outputs, stripes_evaluator)
+    assert metrics["fid"] == pytest.approx(frechet_distance(*feature_statistics(real), *feature_statistics(fake)), rel=1e-5)
+
+    only_final = evaluate_run(tiny_run, device="cpu", epochs="final")
+    assert len(only_final["epochs"]) == 1 and only_final["best"]["step"] == only_final["final"]["step"] == 150
+    assert only_final["final"]["metrics"]["fid"] == pytest.approx(metrics["fid"], rel=1e-6)
+
+
+def test_run_checkpoints_lists_snapshots_then_final(tiny_run):
+    items = run_checkpoints(tiny_run)
+    assert [i["final"] for i in items] == [False, True]
+    assert len(run_checkpoints(tiny_run, "final")) == 1
+    with pytest.raises(ValueError, match="epochs"):
+        run_checkpoints(tiny_run, "best")
+
+
+def test_command_writes_eval_json(tiny_run):
+    (tiny_run / "eval.json").unlink(missing_ok=True)
+    assert main(["evaluate", str(tiny_run), "--epochs", "final", "--device", "cpu", "--no-progress"]) == 0
+    report = json.loads((tiny_run / "eval.json").read_text())
+    assert len(report["epochs"]) == 1 and report["final"]["checkpoint"] == "checkpoint.pt"
+
+
+def test_command_exits_nonzero_with_the_weights_message_when_inception_is_missing(tiny_run, tmp_path, monkeypatch, capsys):
+    # in-process: `python -m cutlib` is sys.exit(main(argv)); an empty torch hub and a refusing proxy = offline
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.delenv("CUTLIB_INCEPTION_WEIGHTS", raising=False)
+    for var in ("https_proxy", "HTTPS_PROXY", "http_proxy", "HTTP_PROXY"):
+        monkeypatch.setenv(var, "http://127.0.0.1:9")  # the discard port: connection refused at once
+    for var in ("no_proxy", "NO_PROXY"):
+        monkeypatch.delenv(var, raising=False)
+    before = (tiny_run / "eval.json").read_bytes() if (tiny_run / "eval.json").exists() else None
+    assert main(["evaluate", str(tiny_run), "--extractor", "inception", "--device", "cpu"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("cutlib evaluate: ") and INCEPTION_WEIGHTS_FILE in err and "download failed" in err
+    assert str(tmp_path / "torch") in err  # where to put the file
+    after = (tiny_run / "eval.json").read_bytes() if (tiny_run / "eval.json").exists() else None
+    assert after == before  # nothing written
+
+
+def test_real_folder_runs_get_fid_and_kid_only(stripes, tmp_path):
+    folder = tmp_path / "my_photos"  # an own dataset: the layout without the built-ins' meta.json and labels
+    for split in ("trainA", "trainB", "testA", "testB"):
+        (folder / split).mkdir(parents=True)
+        for name in sorted(os.listdir(stripes / split))[:4]:
+            shutil.copy(stripes / split / name, folder / split / name)
+    run = tmp_path / "run"
+    train(C.preset("fastcut", dataset=str(folder), max_steps=2, **TINY), run, progress=False)
+    with pytest.raises(ValueError, match="--extractor inception"):
+        evaluate_run(run, device="cpu")
+    report = evaluate_run(run, extractor="random", device="cpu")
+    assert report["benchmark"] is None and report["evaluator"] is None
+    assert set(report["final"]["metrics"]) == {"fid", "kid_mean", "kid_std"}
+    assert report["extractor"]["name"].startswith("random-conv") and report["num_images"] == {"inputs": 4, "real": 4}
+
+
+def test_evaluate_run_rejects_bad_arguments(tiny_run, tmp_path):
+    with pytest.raises(FileNotFoundError, match="checkpoint.pt"):
+        evaluate_run(tmp_path / "empty")
+    with pytest.raises(ValueError, match="extractor"):
+        evaluate_run(tiny_run, extractor="vgg")
+    with pytest.raises(ValueError, match="best_by"):
+        evaluate_run(tiny_run, best_by="animal_fraction")
+    assert main(["evaluate", str(tmp_path / "empty")]) == 1
