@@ -75,6 +75,7 @@ def patch_nce(
     negatives: str | None = "image",
     batch_size: int = 1,
     external: Tensor | None = None,
+    detach_keys: bool = True,
 ) -> Tensor:
     """PatchNCE for one layer (Eq. 4): every other sampled patch is a negative. Per-query loss (B*P,).
 
@@ -95,7 +96,8 @@ def patch_nce(
         raise ValueError("negatives=None leaves no negatives: pass external keys (K, C) from a MomentumQueue")
     if batch_size < 1 or feat_q.shape[0] % batch_size:
         raise ValueError(f"feat_q has {feat_q.shape[0]} rows, not a multiple of batch_size={batch_size} (expected (B*P, C))")
-    feat_k = feat_k.detach()
+    if detach_keys:  # False only when the caller has already cut the gradient below the key heads
+        feat_k = feat_k.detach()
     n, c = feat_q.shape
     groups = batch_size if negatives == "image" else 1
     q = feat_q.view(groups, n // groups, c)  # (G, P', C); P' = P per image, or B*P for the batch
@@ -270,7 +272,8 @@ def multilayer_patch_nce(
     negatives: "internal" (other patches, the default), "external" (momentum queue only) or "both";
     external: one (K, dim) tensor per layer, from MomentumQueue.read(), when it is used.
     Locations are sampled on the keys and reused for the queries. query_heads: separate heads for
-    the queries (the "no weight sharing" ablation); by default the same heads serve both.
+    the queries (the "no weight sharing" ablation); by default the same heads serve both. With
+    separate heads the key features are detached before the key heads, which then learn through the keys.
     """
     if negatives not in ("internal", "external", "both"):
         raise ValueError(f"negatives must be 'internal', 'external' or 'both', got {negatives!r}")
@@ -285,7 +288,10 @@ def multilayer_patch_nce(
     batch_size = feats_k[0].shape[0]
     k_samples, ids = sample_patches(feats_k, num_patches, patch_ids, generator)
     q_samples, _ = sample_patches(feats_q, num_patches, ids)
-    k_proj, q_proj = heads(k_samples), (query_heads or heads)(q_samples)
+    if query_heads is None:
+        k_proj, q_proj = heads(k_samples), heads(q_samples)
+    else:  # separate heads: the key heads can only learn through the keys, so detach below them instead
+        k_proj, q_proj = heads([k.detach() for k in k_samples]), query_heads(q_samples)
     internal = None if negatives == "external" else ("batch" if batch_negatives else "image")
     per_layer = []
     for layer, (q, k) in enumerate(zip(q_proj, k_proj)):
@@ -294,6 +300,6 @@ def multilayer_patch_nce(
             ext = external[layer]
         if internal is None and ext is None:  # empty queue on the very first step: nothing to contrast
             ext = torch.zeros(0, q.shape[1], device=q.device, dtype=q.dtype)
-        per_layer.append(patch_nce(q, k, tau, internal, batch_size, ext).mean())
+        per_layer.append(patch_nce(q, k, tau, internal, batch_size, ext, detach_keys=query_heads is None).mean())
     loss = lambda_nce * torch.stack(per_layer).mean()
     return NCEResult(loss, per_layer, ids)

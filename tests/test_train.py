@@ -172,3 +172,10 @@ def test_command_line_train_and_resume(stripes, tmp_path):
     assert bad.returncode != 0
     bad = subprocess.run(args[:8] + ["--batch-size", "two", "--out", str(tmp_path / "x")], capture_output=True, text=True)
     assert bad.returncode == 1 and "batch_size" in bad.stderr
+
+
+def test_without_weight_sharing_both_head_sets_learn_and_keys_stay_detached(stripes):
+    model = CUTModel(tiny(stripes, share_encoder=False, lambda_gan=0.0))
+    model.training_step(_batch())
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.H.parameters())
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.H_q.parameters())
