@@ -246,8 +246,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: cuda when available)")
     p.add_argument("--json", default=None, metavar="OUT.json", help="also write the machine, settings and rows as JSON")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--in-process", action="store_true", help="measure every preset in this process (CPU memory then "
-                   "only counts what a preset adds beyond the earlier ones' peak)")
+    p.add_argument("--in-process", action="store_true", help="measure every preset in this process (faster; CPU memory "
+                   "then misses what a preset reuses of the memory the earlier ones freed)")
     for name in C.FIELDS:
         flag = "--" + name.replace("_", "-")
         aliases = [flag] + (["--" + name] if "_" in name else [])
