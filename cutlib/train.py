@@ -7,6 +7,11 @@ A run folder (ARCHITECTURE.md "Runs and their files"):
     metrics.jsonl      one line per logged step
     samples/           image grids (input | output) of fixed test images; step000000.png is "before"
     epochs/            generator snapshots every save_epoch_freq epochs (to evaluate best vs final)
+
+Several GPUs: ``torchrun --nproc_per_node N -m cutlib train ...`` runs one process per GPU with
+DistributedDataParallel (see "several processes" below). ``batch_size`` is the GLOBAL batch: each
+of the N processes takes batch_size / N images of every batch, so a run gives the same steps,
+epochs and schedule whatever N, and its checkpoint resumes on any number of GPUs.
 """
 
 from __future__ import annotations
@@ -22,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from cutlib import config as C
@@ -44,6 +51,87 @@ def resolve_device(name: str) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"device {name!r} was asked for but no CUDA GPU is visible; use --device cpu")
     return torch.device(name)
+
+
+# ----------------------------------------------------------------- several processes (torchrun + DDP)
+def setup_distributed(device_name: str) -> tuple[int, int, torch.device]:
+    """(rank, world size, device) of this process. Launched by torchrun (WORLD_SIZE > 1), it joins
+    the process group: NCCL with one GPU per process (cuda:LOCAL_RANK), or gloo on CPUs."""
+    device = resolve_device(device_name)
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size == 1:
+        return 0, 1, device
+    if device.type == "cuda":
+        local_rank = int(os.environ["LOCAL_RANK"])
+        if local_rank >= torch.cuda.device_count():
+            raise ValueError(f"process {local_rank} has no GPU: {torch.cuda.device_count()} visible; "
+                             "use --nproc_per_node <= the number of GPUs")
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return dist.get_rank(), dist.get_world_size(), device
+
+
+class DistributedNetwork(DistributedDataParallel):
+    """DDP around one network, still answering the generator's ``encode``.
+
+    Why this works for CUT, whose step calls G(x, taps) and then G.encode(G(x)): DDP averages a
+    parameter's gradient in a hook that fires when autograd has summed ALL of that parameter's
+    contributions in one backward. The forward through DDP arms those hooks; ``encode`` runs the
+    wrapped module directly, and its gradients join the same sums before the one backward of the
+    G step, so each parameter is averaged once, over everything. Every parameter gets a gradient
+    in that backward, so find_unused_parameters (a graph search every step) is not needed; the one
+    setting that starves the decoder, nce_decoder_grad=False with lambda_gan=0, would need it. A
+    frozen D (requires_grad False) called in the G step produces no gradient: DDP waits for none.
+    The other way round, wrapping encode() in its own DDP forward, would average twice per step.
+    """
+
+    def encode(self, x: torch.Tensor, taps) -> list[torch.Tensor]:
+        return self.module.encode(x, taps)
+
+    def forward(self, *args, **kwargs):
+        if not torch.is_grad_enabled():  # inference (sample grids on rank 0 alone): nothing to average
+            return self.module(*args, **kwargs)
+        return super().forward(*args, **kwargs)
+
+
+def unwrap(net: torch.nn.Module) -> torch.nn.Module:
+    """The network inside a DDP wrapper (checkpoints hold its plain state dict, no "module." prefix)."""
+    return net.module if isinstance(net, DistributedDataParallel) else net
+
+
+def distribute(model, device: torch.device) -> None:
+    """Wrap the trained networks of ``model`` in DistributedNetwork, in place (the optimisers keep the
+    same parameters). CUT/FastCUT and CycleGAN; configurations whose state would drift apart between
+    processes are refused."""
+    from cutlib.models import CUTModel
+
+    cfg = model.cfg
+
+    def ddp(net):  # buffers are constants (blur filters) or per-process (image pools): synced once at init only
+        return DistributedNetwork(net, device_ids=[device.index] if device.type == "cuda" else None, forward_sync_buffers=False)
+
+    if isinstance(model, CUTModel):
+        if cfg.negatives != "internal" or not cfg.share_encoder:
+            raise ValueError(
+                "several processes support negatives='internal' with share_encoder=True only: the momentum queue "
+                "(external negatives) and the separate query encoder (used through encode() alone) would not be "
+                "synchronised. Run these ablations in one process"
+            )
+        model.G, model.D, model.H = ddp(model.G), ddp(model.D), ddp(model.H)
+    elif cfg.model == "cyclegan":  # image pools stay per process: each keeps the history of its own fakes
+        model.G, model.F, model.D_X, model.D_Y = ddp(model.G), ddp(model.F), ddp(model.D_X), ddp(model.D_Y)
+    else:
+        raise ValueError(f"model={cfg.model!r} cannot train on several processes yet (CUT, FastCUT and CycleGAN can); "
+                         "run it without torchrun")
+
+
+def average_losses(losses: dict[str, float], device: torch.device) -> dict[str, float]:
+    """Mean of each loss over the processes: the log shows the global batch, and a NaN anywhere stops all."""
+    values = torch.tensor([losses[k] for k in sorted(losses)], dtype=torch.float64, device=device)
+    dist.all_reduce(values)
+    return {k: v / dist.get_world_size() for k, v in zip(sorted(losses), values.tolist())}
 
 
 def atomic_save(obj, path: str | Path) -> None:
@@ -120,7 +208,12 @@ def sample_batch(cfg: TrainConfig, n: int) -> torch.Tensor:
 
 
 class Trainer:
-    """Owns a model and a run folder; ``run()`` trains until the epochs (or max_steps) are done."""
+    """Owns a model and a run folder; ``run()`` trains until the epochs (or max_steps) are done.
+
+    Under torchrun every process builds the same Trainer: the same seed gives every process the same
+    networks and the same objective randomness (patch locations, flips); each trains on its share of
+    every batch, DDP averages the gradients, and only rank 0 writes checkpoints, logs and samples.
+    """
 
     def __init__(self, cfg: TrainConfig, out_dir: str | Path, resume: bool = False, progress: bool = True):
         C.validate(cfg)
@@ -137,11 +230,18 @@ class Trainer:
             saved = torch.load(ckpt_path, map_location="cpu", weights_only=False)
             cfg = self._merge_config(C.from_dict(saved["config"]), cfg)
         self.cfg = cfg
-        self.device = resolve_device(cfg.device)
+        self.rank, self.world_size, self.device = setup_distributed(cfg.device)
+        if cfg.batch_size % self.world_size:
+            raise ValueError(f"batch_size ({cfg.batch_size}) is the global batch and must be divisible by the "
+                             f"{self.world_size} processes; use --batch-size {self.world_size * max(1, cfg.batch_size // self.world_size)}")
         torch.manual_seed(cfg.seed)
         random.seed(cfg.seed)
         np.random.seed(cfg.seed)
+        if self.rank > 0:
+            dist.barrier()  # rank 0 generates a built-in dataset first; the others then read it
         self.dataset = load_dataset(cfg)
+        if self.rank == 0 and self.world_size > 1:
+            dist.barrier()
         if len(self.dataset) < cfg.batch_size:
             raise ValueError(
                 f"the dataset {cfg.dataset!r} has {len(self.dataset)} training pairs, fewer than batch_size="
@@ -151,10 +251,20 @@ class Trainer:
         self.schedulers = make_schedulers(self.model, cfg)
         self.step, self.epoch, self.batch_in_epoch = 0, 1, 0  # epoch is 1-based; batch_in_epoch done so far
         if saved is not None:
-            self._restore(saved)
-        self.out.mkdir(parents=True, exist_ok=True)
-        _atomic_write_text(self.out / "config.json", cfg.to_json())
+            self._restore(saved)  # every process loads the checkpoint, then wraps its networks
+        if self.world_size > 1:
+            distribute(self.model, self.device)
+        if self.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            _atomic_write_text(self.out / "config.json", cfg.to_json())
         self.samples = sample_batch(cfg, cfg.num_samples)
+        if self.world_size > 1:
+            dist.barrier()  # every process has checked for an existing run before rank 0 writes one
+
+    @property
+    def is_main(self) -> bool:
+        """True in the process that writes the run folder (rank 0; the only one without torchrun)."""
+        return self.rank == 0
 
     @staticmethod
     def _merge_config(saved: TrainConfig, asked: TrainConfig) -> TrainConfig:
@@ -172,7 +282,7 @@ class Trainer:
         return {
             "format": "cutlib-checkpoint-1",
             "config": self.cfg.to_dict(),
-            **{name: net.state_dict() for name, net in self.model.networks.items()},
+            **{name: unwrap(net).state_dict() for name, net in self.model.networks.items()},
             "optimizers": {k: o.state_dict() for k, o in self.model.optimizers.items()},
             "schedulers": {k: s.state_dict() for k, s in self.schedulers.items()},
             "rng": rng_state(self.model),
@@ -183,7 +293,8 @@ class Trainer:
 
     def save(self) -> Path:
         path = self.out / CHECKPOINT
-        atomic_save(self.state(), path)
+        if self.is_main:
+            atomic_save(self.state(), path)
         return path
 
     def _restore(self, saved: dict) -> None:
@@ -197,7 +308,9 @@ class Trainer:
         self.step, self.epoch, self.batch_in_epoch = saved["step"], saved["epoch"], saved["batch_in_epoch"]
 
     # ----------------------------------------------------------- outputs
-    def write_samples(self) -> Path:
+    def write_samples(self) -> Path | None:
+        if not self.is_main:
+            return None
         self.model.G.eval()
         with torch.no_grad():
             fake = self.model.translate(self.samples.to(self.device)).cpu()
@@ -207,6 +320,8 @@ class Trainer:
         return path
 
     def log(self, losses: dict, seconds: float) -> None:
+        if not self.is_main:
+            return
         row = {"step": self.step, "epoch": self.epoch, "lr": self.model.optimizers["G"].param_groups[0]["lr"], **losses, "time": round(seconds, 4)}
         with open(self.out / "metrics.jsonl", "a") as f:
             f.write(json.dumps(row) + "\n")
@@ -214,7 +329,7 @@ class Trainer:
     def _trim_log(self) -> None:
         """On resume, drop log lines written after the checkpoint (they will be written again)."""
         path = self.out / "metrics.jsonl"
-        if path.exists():
+        if path.exists() and self.is_main:
             rows = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= self.step]
             _atomic_write_text(path, "".join(r + "\n" for r in rows))
 
@@ -241,17 +356,22 @@ class Trainer:
             self.write_samples()  # the "before" picture
             self.save()
         start = time.perf_counter()
-        bar = tqdm(total=self.total_steps(), initial=self.step, disable=not self.progress, desc=f"{cfg.model} {cfg.dataset}", unit="it")
+        bar = tqdm(total=self.total_steps(), initial=self.step, disable=not (self.progress and self.is_main), desc=f"{cfg.model} {cfg.dataset}", unit="it")
         losses: dict = {}
         while not self.done() and self.epoch <= self.total_epochs:
             ds = self.dataset
             ds.set_epoch(self.epoch)
             ds.jitter = not (cfg.decay_no_jitter and self.epoch > cfg.n_epochs)
             batches = epoch_batches(len(ds), cfg.batch_size, cfg.seed, self.epoch)[self.batch_in_epoch :]
+            if self.world_size > 1:  # each process takes its slice of every global batch (not a DistributedSampler:
+                share = cfg.batch_size // self.world_size  # the step sequence stays that of one process, resume exact)
+                batches = [b[self.rank * share : (self.rank + 1) * share] for b in batches]
             loader = DataLoader(ds, batch_sampler=batches, num_workers=cfg.num_workers)
             for batch in loader:
                 t0 = time.perf_counter()
                 losses = self.model.training_step(batch)
+                if self.world_size > 1:
+                    losses = average_losses(losses, self.device)
                 bad = {k: v for k, v in losses.items() if not math.isfinite(v)}
                 if bad:
                     raise TrainingDiverged(
@@ -276,19 +396,22 @@ class Trainer:
         bar.close()
         self.write_samples()
         self.save()
+        if self.world_size > 1:
+            dist.barrier()  # the final checkpoint is on disk when run() returns, in every process
         return {
             "out_dir": str(self.out),
             "step": self.step,
             "epoch": self.epoch,
             "seconds": round(time.perf_counter() - start, 2),
             "losses": losses,
+            "processes": self.world_size,
         }
 
     def _end_epoch(self) -> None:
         cfg = self.cfg
-        if cfg.save_epoch_freq and (self.epoch % cfg.save_epoch_freq == 0 or self.epoch == self.total_epochs):
+        if self.is_main and cfg.save_epoch_freq and (self.epoch % cfg.save_epoch_freq == 0 or self.epoch == self.total_epochs):
             (self.out / "epochs").mkdir(exist_ok=True)
-            atomic_save({"epoch": self.epoch, "step": self.step, "G": self.model.G.state_dict(), "config": cfg.to_dict()},
+            atomic_save({"epoch": self.epoch, "step": self.step, "G": unwrap(self.model.G).state_dict(), "config": cfg.to_dict()},
                         self.out / "epochs" / f"G_epoch{self.epoch:03d}.pt")
         for sched in self.schedulers.values():
             sched.step()
@@ -301,8 +424,14 @@ class Trainer:
 
 
 def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False, progress: bool = True) -> dict:
-    """Train ``cfg`` into ``out_dir`` (see the module docstring); resume=True continues a saved run."""
-    return Trainer(cfg, out_dir, resume=resume, progress=progress).run()
+    """Train ``cfg`` into ``out_dir`` (see the module docstring); resume=True continues a saved run.
+    Under torchrun the process group started here is closed here."""
+    ours = not (dist.is_available() and dist.is_initialized())
+    try:
+        return Trainer(cfg, out_dir, resume=resume, progress=progress).run()
+    finally:
+        if ours and dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
 
 
 def load_run(out_dir: str | Path, device: str = "cpu"):
@@ -354,5 +483,6 @@ def cli(argv: list[str]) -> int:
     except (ValueError, TypeError, FileExistsError, FileNotFoundError, TrainingDiverged) as err:
         print(f"cutlib train: {err}", file=sys.stderr)
         return 1
-    print(json.dumps(summary, indent=2))
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(json.dumps(summary, indent=2))
     return 0
