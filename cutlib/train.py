@@ -84,7 +84,6 @@ class DistributedNetwork(DistributedDataParallel):
     in that backward, so find_unused_parameters (a graph search every step) is not needed; the one
     setting that starves the decoder, nce_decoder_grad=False with lambda_gan=0, would need it. A
     frozen D (requires_grad False) called in the G step produces no gradient: DDP waits for none.
-    The other way round, wrapping encode() in its own DDP forward, would average twice per step.
     """
 
     def encode(self, x: torch.Tensor, taps) -> list[torch.Tensor]:
