@@ -174,6 +174,15 @@ def test_switching_terms_off_removes_them():
     assert losses["G"] == pytest.approx(losses["G_GAN"] + losses["NCE"], rel=1e-5)
 
 
+@pytest.mark.parametrize("overrides", [dict(share_encoder=False), dict(nce_decoder_grad=False), dict(nce_layers=("down1",))])
+def test_cut_ablation_switches_carry_over(overrides):
+    """The PatchNCE ablations of CUTModel.nce_loss work unchanged in SinCUT."""
+    model = SinCUTModel(tiny(**overrides))
+    losses = model.training_step(_crops())
+    assert all(np.isfinite(v) for v in losses.values())
+    assert ("G_q" in model.networks) == (not model.cfg.share_encoder)
+
+
 def test_noise_draws_follow_torch_seed():
     """The generator's noise comes from torch's RNG (checkpointed by the trainer): same seed, same
     step; another seed, another step once the noise gains are non-zero."""
