@@ -164,8 +164,9 @@ def load_generator(checkpoint: str | Path, device: str | torch.device = "cpu") -
     from cutlib.networks import load_reference_generator
 
     path = Path(checkpoint).expanduser()
-    if not path.exists() and _find_pretrained(str(checkpoint)) is not None:
-        path = _find_pretrained(str(checkpoint))
+    pretrained = None if path.exists() else _find_pretrained(str(checkpoint))
+    if pretrained is not None:
+        path = pretrained
         if not path.exists():
             raise FileNotFoundError(f"the authors' model {checkpoint!r} is not downloaded yet (looked in {path}); "
                                     "run: python -m cutlib download cut_pretrained")
@@ -189,7 +190,7 @@ def load_generator(checkpoint: str | Path, device: str | torch.device = "cpu") -
         keys = list(state)[:6] if isinstance(state, Mapping) else type(state).__name__
         raise ValueError(f"{path} is not a generator checkpoint: expected a cutlib checkpoint (keys 'G' and 'config') "
                          f"or the authors' layout (keys 'model.<index>...'), found {keys}")
-    return G.to(resolve_device(str(device)) if not isinstance(device, torch.device) else device).eval().requires_grad_(False)
+    return G.to(resolve_device(str(device))).eval().requires_grad_(False)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -227,6 +228,8 @@ def translate_folder(G: nn.Module, input: str | Path, output: str | Path, load_s
     from cutlib.data import ImageFolder
 
     input, output = Path(input), Path(output)
+    if load_size is not None and load_size < 1:
+        raise ValueError(f"load_size must be a positive number of pixels, got {load_size}")
     data = ImageFolder(input, load_size=load_size, input_nc=G.input_nc)
     targets = output_paths([Path(p) for p in data.paths], input, output, keep_extension)
     for i in tqdm(range(len(data)), desc="translate", unit="img", disable=not progress):
