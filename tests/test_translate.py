@@ -226,10 +226,6 @@ def test_pretrained_entry_lists_the_six_models_and_loads_them_by_name(tmp_path, 
         load_generator("cat2dog_fastcut_pretrained")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "cutlib.data.download.safe_extract asks zipfile.is_zipfile first, which is also True for an uncompressed tar "
-    "holding .pth files (torch saves zip files), so the inner checkpoint's pieces are extracted instead of the tar; "
-    "checking tarfile.is_tarfile first fixes it (a zip is never a valid tar). Remove this mark with the fix."))
 def test_pretrained_archive_downloads_with_the_real_downloader(tmp_path):
     """The entry fetched by the real downloader from a local HTTP server serving a tar laid out as the
     authors' README says (checkpoints/<model>/latest_net_G.pth)."""

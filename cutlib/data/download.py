@@ -147,18 +147,19 @@ def _check_member(name: str, is_link: bool, target: Path) -> None:
 def safe_extract(archive: Path, target: Path) -> None:
     """Extract a zip or tar archive into ``target``, refusing links and paths that leave it."""
     try:
-        if zipfile.is_zipfile(archive):
-            with zipfile.ZipFile(archive) as zf:
-                for info in zf.infolist():
-                    is_link = (info.external_attr >> 16) & 0o170000 == 0o120000
-                    _check_member(info.filename, is_link, target)
-                zf.extractall(target)
-        elif tarfile.is_tarfile(archive):
+        # tar first: a plain tar holding .pth files (torch saves zips) also passes is_zipfile
+        if tarfile.is_tarfile(archive):
             with tarfile.open(archive) as tf:
                 members = tf.getmembers()  # reads the whole archive: a cut-short one fails here
                 for m in members:
                     _check_member(m.name, m.issym() or m.islnk() or m.isdev(), target)
                 tf.extractall(target, members=members, filter="data")
+        elif zipfile.is_zipfile(archive):
+            with zipfile.ZipFile(archive) as zf:
+                for info in zf.infolist():
+                    is_link = (info.external_attr >> 16) & 0o170000 == 0o120000
+                    _check_member(info.filename, is_link, target)
+                zf.extractall(target)
         else:
             raise BadArchiveError(f"{archive.name} is neither a zip nor a tar archive (cut short, or an error page?)")
     except (zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error) as err:
