@@ -79,3 +79,53 @@ def plot_losses(metrics: dict[str, list] | str | Path, keys: Sequence[str] | Non
     ax.grid(alpha=0.3)
     return ax
 
+
+# ------------------------------------------------------------- inside the encoder (paper Fig. 7)
+@torch.no_grad()
+def patch_similarity(encoder, heads, x: Tensor, out: Tensor, query: tuple[int, int],
+                     taps: Sequence[str], tau: float = 0.07) -> list[Tensor]:
+    """Paper Fig. 7: exp(v . v- / tau) of the OUTPUT patch at pixel ``query`` = (row, col) against every
+    INPUT patch, normalised to sum to 1 over the input (a softmax). One (h_l, w_l) map per NCE layer.
+
+    x, out: (1, C, H, W) input and its translation; v = H_l(encoder tap l), as PatchNCE compares them
+    (Sec. 3.2); the query pixel is mapped onto each layer's grid (padded taps keep their border).
+    """
+    if x.dim() != 4 or x.shape[0] != 1 or x.shape != out.shape:
+        raise ValueError(f"x and out must both be one image (1, C, H, W), got {tuple(x.shape)} and {tuple(out.shape)}")
+    height, width = x.shape[2:]
+    row, col = query
+    if not (0 <= row < height and 0 <= col < width):
+        raise ValueError(f"query (row, col) = {tuple(query)} lies outside the {height}x{width} image")
+    feats_k, feats_q = encoder.encode(x, taps), encoder.encode(out, taps)  # lists of (1, C_l, h_l, w_l)
+    keys = heads([f[0].flatten(1).t() for f in feats_k])  # list of (h_l*w_l, dim), unit length
+    queries = heads([f[0].flatten(1).t() for f in feats_q])
+    maps = []
+    for f, k, q in zip(feats_k, keys, queries):
+        h, w = f.shape[2:]
+        s = max(1, round(height / h))  # stride of this tap; "rgb" is the input reflect-padded by 3
+        i = (row // s + (h - height // s) // 2) * w + col // s + (w - width // s) // 2  # the query's cell
+        maps.append(torch.softmax(k @ q[i] / tau, dim=0).view(h, w))  # exp(v . v-_j / tau) / sum_j
+    return maps
+
+
+def feature_pca(features: Sequence[Tensor], k: int = 3) -> list[np.ndarray]:
+    """Top-k PCA components of feature maps as images, one basis fitted on all of them jointly
+    (so colours mean the same in the input and the output). features: list of (C, h, w) -> list of (h, w, k) in [0, 1]."""
+    if not features:
+        raise ValueError("feature_pca needs at least one (C, h, w) feature map")
+    if any(f.dim() != 3 or f.shape[0] != features[0].shape[0] for f in features):
+        raise ValueError(f"every feature map must be (C, h, w) with the same C; got {[tuple(f.shape) for f in features]}")
+    if features[0].shape[0] < k:
+        raise ValueError(f"k={k} components need at least {k} channels, got {features[0].shape[0]}")
+    rows = torch.cat([f.detach().float().cpu().flatten(1).t() for f in features])  # (sum h*w, C)
+    centred = rows - rows.mean(0)
+    _, _, v = torch.linalg.svd(centred, full_matrices=False)  # rows of v: principal directions
+    proj = centred @ v[:k].t()  # (sum h*w, k)
+    lo, hi = proj.min(0).values, proj.max(0).values
+    proj = (proj - lo) / (hi - lo).clamp_min(1e-12)
+    images, start = [], 0
+    for f in features:
+        h, w = f.shape[1:]
+        images.append(proj[start : start + h * w].view(h, w, k).numpy())
+        start += h * w
+    return images
