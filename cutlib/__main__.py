@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "evaluate": ("cutlib.evaluate", "cli", "FID/KID and the built-in benchmarks' scores of a run: evaluate RUN_DIR (writes eval.json)"),
     "bench": ("cutlib.bench", "cli", "seconds per iteration and peak memory of presets (paper Table 1)"),
     "translate": ("cutlib.translate", "cli", "translate images of any size with a checkpoint (ours or the authors')"),
+    "grid": ("cutlib.grid", "cli", "ablation grid: run_experiment.ipynb per variant and seed, then one table: grid CONFIG [--jobs N] [--gpus 0,1]"),
 }
 
 
