@@ -213,7 +213,7 @@ def _clean(x):
 
 def collect(out: str | Path, variants: list[str] | None = None, which: str = "final") -> dict:
     """Every <out>/<variant>/seed<k>/eval.json -> per variant and metric: values, mean, std (over seeds,
-    ddof 1), min, max, n. Writes <out>/results.json and results.csv; returns the table."""
+    ddof 1), min, max, n. Writes <out>/results.json and results.csv (results_best.* for which="best")."""
     out = Path(out)
     if not out.is_dir():
         raise FileNotFoundError(f"grid output folder {out} does not exist; run the grid first")
@@ -238,8 +238,9 @@ def collect(out: str | Path, variants: list[str] | None = None, which: str = "fi
             "metrics": {m: {"mean": sum(v) / len(v), "std": _clean(_std(v)), "min": min(v), "max": max(v),
                             "n": len(v), "values": v} for m, v in values.items()},
         }
-    (out / "results.json").write_text(json.dumps(table, indent=1) + "\n")
-    with open(out / "results.csv", "w", newline="") as f:
+    stem = "results" if which == "final" else "results_best"
+    (out / f"{stem}.json").write_text(json.dumps(table, indent=1) + "\n")
+    with open(out / f"{stem}.csv", "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["variant", "metric", "n", "mean", "std", "min", "max"])
         for name, row in table["variants"].items():
