@@ -82,39 +82,55 @@ def _evidence(c: dict) -> str:
             f"{c['b']} {c['mean'][1]:.3g} ± {c['std'][1]:.2g} (mean ± std over {c['n']} seeds)")
 
 
-VERDICT = {"yes": "our runs agree", "no": "our runs disagree", "inconclusive": "inconclusive (spreads overlap)"}
+VERDICT = {"yes": "our runs agree", "no": "our runs disagree", "inconclusive": "inconclusive (spreads overlap)",
+           "missing": "not in these results"}
 
 
-def paper_claims(results: dict, metric: str = "fid") -> list[dict]:
-    """The paper's four ablation claims, each judged on the grid's numbers: claim, verdict, evidence."""
-    claims = []
-    for claim, pairs in [("internal negatives beat external ones (Fig. 4)", [("CUT", "external"), ("CUT", "internal+external")]),
-                         ("several layers beat the last layer only (Fig. 4)", [("CUT", "last_layer")])]:
-        found = [compare(results, a, b, metric) for a, b in pairs]
-        verdicts = {c["verdict"] for c in found}
-        verdict = verdicts.pop() if len(verdicts) == 1 else "inconclusive"
-        claims.append({"claim": claim, "verdict": verdict, "evidence": "; ".join(map(_evidence, found))})
+def _claim_beats(results, metric, pairs):
+    """Several (a, b) comparisons on one metric: their common verdict, else "inconclusive"."""
+    found = [compare(results, a, b, metric) for a, b in pairs]
+    verdicts = {c["verdict"] for c in found}
+    return (verdicts.pop() if len(verdicts) == 1 else "inconclusive"), "; ".join(map(_evidence, found))
 
-    # stability: the spread over seeds of the metric (a collapse shows as one bad seed), CUT vs no identity
+
+def _claim_stability(results, metric):
+    """Fig. 6: the spread over seeds (a collapse shows as one bad seed), CUT vs no identity; a factor 2 decides."""
     (_, means, stds) = metric_stats(results, metric, ["CUT", "no_id"])
     n = min(results["table"]["variants"][v]["n"] for v in ("CUT", "no_id"))
     ratio = stds[1] / max(stds[0], 1e-12)
     verdict = "inconclusive" if n < 2 or 0.5 < ratio < 2 else ("yes" if ratio >= 2 else "no")
-    claims.append({"claim": "the identity term stabilises training (Fig. 6): CUT's spread over seeds is smaller than no_id's",
-                   "verdict": verdict,
-                   "evidence": f"{metric} std over {n} seeds: CUT {stds[0]:.2g} (mean {means[0]:.3g}) vs no_id {stds[1]:.2g} "
-                               f"(mean {means[1]:.3g}); ratio {ratio:.2g} (we call >= 2 agreement, <= 0.5 disagreement)"})
+    return verdict, (f"{metric} std over {n} seeds: CUT {stds[0]:.2g} (mean {means[0]:.3g}) vs no_id {stds[1]:.2g} "
+                     f"(mean {means[1]:.3g}); ratio {ratio:.2g} (>= 2 counts as agreement, <= 0.5 as disagreement)")
 
-    # object size (Fig. 15): distance of the outputs' animal fractions to the inputs' (size_w1_A); larger = changed more
-    c = compare(results, "CUT", "FastCUT", "size_w1_A", better="higher")  # "yes": CUT's sizes moved further from A's
+
+def _claim_size(results, metric):
+    """Fig. 15: size_w1_A, the distance of the outputs' animal sizes to the inputs' (larger = changed more)."""
+    c = compare(results, "CUT", "FastCUT", "size_w1_A", better="higher")
     fr = {v: metric_stats(results, "animal_fraction", [v])[1][0] for v in ("CUT", "FastCUT")}
     row = results["table"]["variants"]["CUT"]["metrics"]
-    claims.append({"claim": "CUT changes object size more than FastCUT (Fig. 15)", "verdict": c["verdict"],
-                   "evidence": _evidence(c).replace("(higher is better)", "(distance of the outputs' sizes to the inputs', larger = changed more)")
-                               + f"; animal fraction: inputs {row['animal_fraction_A']['mean']:.2f}, domain B "
-                                 f"{row['animal_fraction_B']['mean']:.2f}, CUT {fr['CUT']:.2f}, FastCUT {fr['FastCUT']:.2f}"})
-    for c in claims:
-        c["says"] = VERDICT[c["verdict"]]
+    return c["verdict"], (_evidence(c).replace("(higher is better)", "(distance of output sizes to input sizes, larger = changed more)")
+                          + f"; animal fraction: inputs {row['animal_fraction_A']['mean']:.2f}, domain B "
+                            f"{row['animal_fraction_B']['mean']:.2f}, CUT {fr['CUT']:.2f}, FastCUT {fr['FastCUT']:.2f}")
+
+
+CLAIMS = [  # (the paper's claim, variants it needs, how it is judged)
+    ("internal negatives beat external ones (Fig. 4)", ("CUT", "external", "internal+external"),
+     lambda r, m: _claim_beats(r, m, [("CUT", "external"), ("CUT", "internal+external")])),
+    ("several layers beat the last layer only (Fig. 4)", ("CUT", "last_layer"),
+     lambda r, m: _claim_beats(r, m, [("CUT", "last_layer")])),
+    ("the identity term stabilises training (Fig. 6): smaller spread over seeds with it", ("CUT", "no_id"), _claim_stability),
+    ("CUT changes object size more than FastCUT (Fig. 15)", ("CUT", "FastCUT"), _claim_size),
+]
+
+
+def paper_claims(results: dict, metric: str = "fid") -> list[dict]:
+    """The paper's four ablation claims, each judged on the grid's numbers: claim, verdict, says, evidence.
+    A claim whose variants are not in the results gets the verdict "missing"."""
+    claims = []
+    for claim, needed, judge in CLAIMS:
+        absent = sorted(set(needed) - set(variants_of(results)))
+        verdict, evidence = ("missing", f"needs variant(s) {absent}") if absent else judge(results, metric)
+        claims.append({"claim": claim, "verdict": verdict, "says": VERDICT[verdict], "evidence": evidence})
     return claims
 
 

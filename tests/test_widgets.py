@@ -78,6 +78,9 @@ def test_paper_claims_on_agreeing_and_disagreeing_numbers(agreeing, tmp_path):
            "internal+external": [30, 45]}
     other = Wd.paper_claims(make_results(tmp_path / "b", fid, size_w1={"CUT": [0.1, 0.11], "FastCUT": [0.1, 0.12]}))
     assert [c["verdict"] for c in other] == ["inconclusive", "no", "inconclusive", "inconclusive"]
+    partial = Wd.paper_claims(make_results(tmp_path / "c", {"CUT": [1, 2], "last_layer": [5, 6]}))
+    assert [c["verdict"] for c in partial] == ["missing", "yes", "missing", "missing"]
+    assert "external" in partial[0]["evidence"]
 
 
 def test_plots_draw_one_bar_per_variant_and_one_line_per_seed(agreeing):
