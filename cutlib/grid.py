@@ -264,22 +264,36 @@ def format_table(table: dict, metrics: list[str] | None = None) -> str:
 
 
 # ------------------------------------------------------------------ shipping small results
+def _without_machine_paths(obj, runs: Path):
+    """Absolute paths in a JSON tree -> relative to ``runs`` (run folders) or the file name (anything else)."""
+    if isinstance(obj, dict):
+        return {k: _without_machine_paths(v, runs) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_without_machine_paths(v, runs) for v in obj]
+    if isinstance(obj, str) and obj.startswith(("/", "\\")) or (isinstance(obj, str) and obj[1:3] in (":\\", ":/")):
+        path = Path(obj)
+        return str(path.relative_to(runs)) if path.is_relative_to(runs) else path.name
+    return obj
+
+
 def ship(out: str | Path, dest: str | Path, thumb_width: int = 96) -> Path:
     """Copy a grid's small results to ``dest``: results.json and, per run, eval.json, metrics.jsonl and a
     JPEG thumbnail (``thumb_width`` px wide) of its last sample grid. For committing a grid's outcome."""
     from PIL import Image
 
-    out, dest = Path(out), Path(dest)
+    out, dest = Path(out).resolve(), Path(dest)
     if not (out / "results.json").is_file():
         raise FileNotFoundError(f"{out / 'results.json'} does not exist; run the grid (or collect) first")
     dest.mkdir(parents=True, exist_ok=True)
-    (dest / "results.json").write_bytes((out / "results.json").read_bytes())
+    table = json.loads((out / "results.json").read_text())
+    table["out"] = out.name  # no machine paths in shipped files
+    (dest / "results.json").write_text(json.dumps(table, indent=1) + "\n")
     for report in sorted(out.glob(f"*/seed*/{EVAL_FILE}")):
         run, target = report.parent, dest / report.parent.relative_to(out)
         target.mkdir(parents=True, exist_ok=True)
         data = json.loads(report.read_text())
         data.pop("epochs", None)  # per-epoch details: the big part; final and best stay
-        (target / EVAL_FILE).write_text(json.dumps(data, indent=1) + "\n")
+        (target / EVAL_FILE).write_text(json.dumps(_without_machine_paths(data, out.parent), indent=1) + "\n")
         if (run / "metrics.jsonl").is_file():
             (target / "metrics.jsonl").write_bytes((run / "metrics.jsonl").read_bytes())
         sample = run / "samples" / "latest.png"

@@ -111,6 +111,9 @@ def test_ship_copies_small_files_and_thumbnails(tiny_grid, tmp_path):
     assert len(thumbs) == 4 and all(Image.open(t).width == 48 for t in thumbs)
     report = json.loads((dest / "CUT" / "seed0" / "eval.json").read_text())
     assert "epochs" not in report and "final" in report
+    assert report["run_dir"] == f"{Path(grid['out']).name}/CUT/seed0" and "/" not in report["dataset_dir"]
+    assert str(Path(grid["out"]).parent) not in json.dumps(report)
+    assert json.loads((dest / "results.json").read_text())["out"] == Path(grid["out"]).name
     assert (dest / "no_id" / "seed1" / "metrics.jsonl").read_text() == \
         (Path(grid["out"]) / "no_id" / "seed1" / "metrics.jsonl").read_text()
 
