@@ -98,13 +98,27 @@ class CUTModel(nn.Module):
         )
         return result.loss
 
+    @property
+    def identity_pass(self) -> bool:
+        """Whether G also translates y (for the NCE identity term)."""
+        return self.cfg.nce_idt
+
+    def discriminator_loss(self, y: Tensor, fake: Tensor) -> tuple[Tensor, dict[str, float]]:
+        """D's GAN loss on (y real, G(x) fake); subclasses add terms (SinCUT: R1)."""
+        loss = d_loss(self.D(y), self.D(fake.detach()), self.cfg.gan_mode)
+        return loss, {"D": loss.item()}
+
+    def generator_extra_loss(self, y: Tensor, idt: Tensor) -> tuple[Tensor | float, dict[str, float]]:
+        """Terms of G's loss beyond GAN + PatchNCE (none for CUT; SinCUT: L1 identity)."""
+        return 0.0, {}
+
     def training_step(self, batch: dict) -> dict[str, float]:
         """One iteration: forward G, update D, update G and H (with the updated D). Returns the losses."""
         cfg = self.cfg
         device = next(self.G.parameters()).device
         x, y = batch["A"].to(device), batch["B"].to(device)
         b = x.shape[0]
-        real = torch.cat([x, y]) if cfg.nce_idt else x  # (2B or B, C, H, W)
+        real = torch.cat([x, y]) if self.identity_pass else x  # (2B or B, C, H, W)
         flipped = cfg.flip_equivariance and bool(torch.rand((), generator=self.rng) < 0.5)
         if flipped:
             real = real.flip(3)
@@ -114,7 +128,7 @@ class CUTModel(nn.Module):
         # --- D step on (y real, G(x) fake)
         self.D.requires_grad_(True)
         self.optimizers["D"].zero_grad(set_to_none=True)
-        loss_d = d_loss(self.D(y), self.D(fake.detach()), cfg.gan_mode)
+        loss_d, losses = self.discriminator_loss(y, fake)
         loss_d.backward()
         self.optimizers["D"].step()
 
@@ -125,19 +139,18 @@ class CUTModel(nn.Module):
         loss_gan = g_loss(self.D(fake), cfg.gan_mode) * cfg.lambda_gan
         if flipped or not self.reuse_key_taps:
             # the forward pass saw the flipped input; the reference's keys come from the unflipped one
-            src = torch.cat([x, y]) if cfg.nce_idt else x
-            keys = self.G.encode(src, self.taps)
+            keys = self.G.encode(torch.cat([x, y]) if self.identity_pass else x, self.taps)
         else:
             keys = taps_real
-        keys_x = [k[:b] for k in keys]
-        loss_nce_x = self.nce_loss(keys_x, fake, flipped)
-        losses = {"D": loss_d.item(), "G_GAN": loss_gan.item(), "NCE": loss_nce_x.item()}
-        loss_nce = loss_nce_x
+        loss_nce = loss_nce_x = self.nce_loss([k[:b] for k in keys], fake, flipped)
+        losses.update(G_GAN=loss_gan.item(), NCE=loss_nce_x.item())
         if cfg.nce_idt:
             loss_nce_y = self.nce_loss([k[b:] for k in keys], idt, flipped)
             loss_nce = 0.5 * (loss_nce_x + loss_nce_y)
             losses["NCE_Y"] = loss_nce_y.item()
-        loss_g = loss_gan + loss_nce
+        extra, extra_logs = self.generator_extra_loss(y, idt)
+        loss_g = loss_gan + loss_nce + extra
+        losses.update(extra_logs)
         loss_g.backward()
         self.optimizers["G"].step()
         self.optimizers["H"].step()

@@ -140,7 +140,7 @@ def sample_patches(
     for layer, feat in enumerate(features):
         _check(f"features[{layer}]", feat, (4,), "(B, C, H, W)")
         b, c, h, w = feat.shape
-        flat = feat.flatten(2).transpose(1, 2)  # (B, H*W, C)
+        flat = feat.flatten(2)  # (B, C, H*W)
         if patch_ids is None:
             ids = torch.randperm(h * w, generator=generator)[: min(num_patches, h * w)]
         else:
@@ -150,7 +150,10 @@ def sample_patches(
             if ids.numel() and (int(ids.max()) >= h * w or int(ids.min()) < 0):
                 raise ValueError(f"patch_ids[{layer}] points outside the {h}x{w} map of features[{layer}] (valid: 0..{h * w - 1})")
         ids = ids.to(feat.device)
-        samples.append(flat[:, ids, :].flatten(0, 1))  # (B*P, C), batch-major
+        # gather first, then transpose: (B, C, P) -> (B*P, C), batch-major. Transposing the whole map
+        # first would hand channels-last gradients back to the encoder, and torch 2.14's CPU instance
+        # norm computes a wrong backward for those when B == 1.
+        samples.append(flat[:, :, ids].transpose(1, 2).flatten(0, 1))
         ids_out.append(ids)
     return samples, ids_out
 

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from cutlib.config import TrainConfig
-from cutlib.losses import d_loss, g_loss, r1_penalty
+from cutlib.losses import d_loss, r1_penalty
 from cutlib.models import CUTModel
 
 
@@ -58,41 +58,13 @@ class SinCUTModel(CUTModel):
         loss_r1 = r1_penalty(real_logits, y)
         return loss_gan + 0.5 * cfg.lambda_r1 * loss_r1, {"D": loss_gan.item(), "D_R1": loss_r1.item()}
 
-    def training_step(self, batch: dict) -> dict[str, float]:
-        """One iteration on a minibatch of crops: forward G, update D (+ R1), update G and H (+ L1 identity)."""
-        cfg = self.cfg
-        device = next(self.G.parameters()).device
-        x, y = batch["A"].to(device), batch["B"].to(device)  # (B, 3, 64, 64) crops of the two images
-        b = x.shape[0]
-        with_y = cfg.nce_idt or cfg.lambda_idt_l1 > 0  # G(y) is needed by either identity term
-        fake_all, taps_real = self.G(torch.cat([x, y]) if with_y else x, taps=self.taps)  # keys: taps of the input
-        fake, idt = fake_all[:b], fake_all[b:]
+    @property
+    def identity_pass(self) -> bool:
+        return self.cfg.nce_idt or self.cfg.lambda_idt_l1 > 0  # G(y) is needed by either identity term
 
-        # --- D step on (y real, G(x) fake), with the R1 penalty on y
-        self.D.requires_grad_(True)
-        self.optimizers["D"].zero_grad(set_to_none=True)
-        loss_d, losses = self.discriminator_loss(y, fake)
-        loss_d.backward()
-        self.optimizers["D"].step()
-
-        # --- G and H step, D frozen and already updated
-        self.D.requires_grad_(False)
-        self.optimizers["G"].zero_grad(set_to_none=True)
-        self.optimizers["H"].zero_grad(set_to_none=True)
-        loss_gan = g_loss(self.D(fake), cfg.gan_mode) * cfg.lambda_gan
-        loss_nce = loss_nce_x = self.nce_loss([k[:b] for k in taps_real], fake, flipped=False)
-        losses.update(G_GAN=loss_gan.item(), NCE=loss_nce_x.item())
-        if cfg.nce_idt:
-            loss_nce_y = self.nce_loss([k[b:] for k in taps_real], idt, flipped=False)
-            loss_nce = 0.5 * (loss_nce_x + loss_nce_y)
-            losses["NCE_Y"] = loss_nce_y.item()
-        loss_g = loss_gan + loss_nce
-        if cfg.lambda_idt_l1 > 0:  # G should leave an image of the target domain unchanged
-            loss_idt = F.l1_loss(idt, y) * cfg.lambda_idt_l1
-            loss_g = loss_g + loss_idt
-            losses["idt"] = loss_idt.item()
-        loss_g.backward()
-        self.optimizers["G"].step()
-        self.optimizers["H"].step()
-        losses["G"] = loss_g.item()
-        return losses
+    def generator_extra_loss(self, y: Tensor, idt: Tensor) -> tuple[Tensor | float, dict[str, float]]:
+        """L1 identity: G should leave an image of the target domain unchanged (weight lambda_idt_l1)."""
+        if self.cfg.lambda_idt_l1 <= 0:
+            return 0.0, {}
+        loss_idt = F.l1_loss(idt, y) * self.cfg.lambda_idt_l1
+        return loss_idt, {"idt": loss_idt.item()}

@@ -84,13 +84,6 @@ def test_two_processes_match_one_and_resume_exactly(stripes, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason=(
-    "PyTorch 2.14 CPU bug: F.instance_norm's backward is wrong for a batch of ONE image when the incoming "
-    "gradient has channels-last strides, which cutlib.nce.sample_patches produces (it gathers from "
-    "feat.flatten(2).transpose(1, 2)). One process with batch 2 is right; each process with batch 1 gets wrong "
-    "PatchNCE gradients, so the weights differ (so do all batch-1 CPU runs). Gathering as "
-    "feat.flatten(2)[:, :, ids].transpose(1, 2).flatten(0, 1) gives contiguous gradients and fixes it; "
-    "remove this mark with that fix."))
 def test_one_image_per_process_matches_batch_two(stripes, tmp_path):
     """The issue's own check: two processes with one image each vs one process with both."""
     cfg = C.preset("cut", dataset=str(stripes), batch_size=2, **TINY)

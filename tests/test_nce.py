@@ -431,3 +431,21 @@ def test_bad_input_names_the_argument_and_the_expected_shape(call, words):
         call()
     for word in words:
         assert word in str(err.value), f"{word!r} missing from the message: {err.value}"
+
+
+def test_patch_gradients_through_instance_norm_match_a_dense_loss_for_one_image():
+    """sample_patches must hand the encoder gradients that torch's CPU instance norm handles for B == 1
+    (channels-last gradients get a wrong backward there): compare with the same loss written densely."""
+    torch.manual_seed(0)
+    x = torch.randn(1, 4, 8, 8, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(4, 4, dtype=torch.float64)
+    feat = torch.nn.functional.instance_norm(x)
+    ids = torch.randperm(64)[:16]
+    sampled, _ = sample_patches([feat], 16, [ids])
+    (sampled[0] @ w).pow(2).sum().backward()
+    grad_sampled = x.grad.clone()
+    x.grad = None
+    feat = torch.nn.functional.instance_norm(x)
+    dense = torch.stack([feat[0, :, i // 8, i % 8] for i in ids.tolist()])  # (P, C), one location at a time
+    (dense @ w).pow(2).sum().backward()
+    torch.testing.assert_close(grad_sampled, x.grad)
