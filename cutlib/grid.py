@@ -276,7 +276,7 @@ def _without_machine_paths(obj, runs: Path):
     return obj
 
 
-def ship(out: str | Path, dest: str | Path, thumb_width: int = 96) -> Path:
+def ship(out: str | Path, dest: str | Path, thumb_width: int = 128) -> Path:
     """Copy a grid's small results to ``dest``: results.json and, per run, eval.json, metrics.jsonl and a
     JPEG thumbnail (``thumb_width`` px wide) of its last sample grid. For committing a grid's outcome."""
     from PIL import Image
