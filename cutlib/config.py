@@ -104,7 +104,7 @@ def CycleGAN(**overrides) -> TrainConfig:
     """The CycleGAN baseline of the paper's Table 1 (Zhu et al. 2017): two ResNet generators (strided,
     as the original code), two PatchGANs, LSGAN, cycle L1 x10, identity x0.5, image pool of 50."""
     base = TrainConfig(model="cyclegan", antialias=False, lambda_cycle=10.0, lambda_identity=0.5, pool_size=50,
-                       n_epochs=100, n_epochs_decay=100)
+                       n_epochs=100, n_epochs_decay=100, decay_no_jitter=False)  # crop jitter all along, as the original
     return override(base, **overrides)
 
 

@@ -21,6 +21,12 @@ def test_fastcut_preset():
     assert (cfg.n_epochs, cfg.n_epochs_decay) == (150, 50)
 
 
+def test_cyclegan_preset_keeps_crop_jitter_in_the_decay_epochs():
+    cfg = C.CycleGAN()
+    assert (cfg.model, cfg.antialias, cfg.lambda_cycle, cfg.lambda_identity, cfg.pool_size) == ("cyclegan", False, 10.0, 0.5, 50)
+    assert not cfg.decay_no_jitter and C.CUT().decay_no_jitter
+
+
 def test_overrides_by_name_and_string_parsing():
     cfg = C.preset("FastCUT", crop_size="64", load_size=72, nce_idt="true", nce_layers="rgb,res1", lr="1e-3")
     assert (cfg.crop_size, cfg.load_size, cfg.nce_idt, cfg.nce_layers, cfg.lr) == (64, 72, True, ("rgb", "res1"), 1e-3)
