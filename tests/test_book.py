@@ -98,7 +98,7 @@ def test_docstrings_become_literal_blocks():
         sys.path.pop(0)
     lines = ["feat_q: (B*P, C), the *query* rows", "", "  indented | text"]
     _as_literal(None, "function", "f", None, {}, lines)
-    assert lines[:2] == ["::", ""] and lines[2] == "    feat_q: (B*P, C), the *query* rows" and lines[-1] == ""
+    assert lines[:2] == [".. code-block:: text", ""] and lines[2] == "    feat_q: (B*P, C), the *query* rows" and lines[-1] == ""
     empty = ["", "  "]
     _as_literal(None, "function", "f", None, {}, empty)
     assert empty == ["", "  "]

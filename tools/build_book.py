@@ -7,7 +7,8 @@
    copy is newer than it and than every cutlib source file is not executed again (``--force`` does).
 2. book/_build/src gets the committed pages of book/ plus two generated files: _toc.yml (every
    notebook, chapters NN_* in order, then the others) and api.md (autodoc of cutlib's modules).
-3. jupyter-book builds that folder with warnings as errors (-W) into book/_build/html.
+3. jupyter-book builds that folder from scratch (autodoc cannot tell when cutlib changed), with
+   warnings as errors (-W), into book/_build/html.
 """
 
 from __future__ import annotations
@@ -76,10 +77,13 @@ def execute(source: Path, target: Path, timeout: int) -> float:
     start = time.perf_counter()
     cmd = [sys.executable, "-m", "papermill", "--cwd", str(source.parent), "-k", "python3", "--no-progress-bar",
            "--execution-timeout", str(timeout), str(source), str(target)]
+    partial = target.parent.parent / "executing" / target.name  # an interrupted run never looks finished
+    partial.parent.mkdir(parents=True, exist_ok=True)
+    cmd = cmd[:-1] + [str(partial)]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if done.returncode:
-        target.unlink(missing_ok=True)  # never reuse a failed execution
-        raise RuntimeError(f"{source.name} failed to execute:\n{done.stderr[-3000:]}")
+        raise RuntimeError(f"{source.name} failed to execute (its output so far: {partial}):\n{done.stderr[-3000:]}")
+    partial.replace(target)
     return time.perf_counter() - start
 
 
@@ -93,6 +97,9 @@ def stage(notebooks: list[Path], jobs: int, force: bool, timeout: int) -> None:
             shutil.copytree(item, STAGE / item.name, dirs_exist_ok=True)
         else:
             shutil.copy2(item, STAGE / item.name)
+    for item in notebooks[0].parent.iterdir():  # folders beside the notebooks (pictures they link to)
+        if item.is_dir() and not item.name.startswith((".", "_")):
+            shutil.copytree(item, STAGE / "notebooks" / item.name, dirs_exist_ok=True)
     (STAGE / "_toc.yml").write_text(toc_yaml(notebooks))
     (STAGE / "api.md").write_text(api_page(api_modules()))
     for old in (STAGE / "notebooks").glob("*.ipynb"):  # a notebook removed from notebooks/ leaves the book
@@ -101,18 +108,25 @@ def stage(notebooks: list[Path], jobs: int, force: bool, timeout: int) -> None:
     todo = [p for p in notebooks if force or _stale(STAGE / "notebooks" / p.name, p)]
     print(f"executing {len(todo)} of {len(notebooks)} notebooks, {jobs} at a time", flush=True)
 
-    def run(path: Path) -> None:
-        seconds = execute(path, STAGE / "notebooks" / path.name, timeout)
+    def run(path: Path) -> str | None:
+        try:
+            seconds = execute(path, STAGE / "notebooks" / path.name, timeout)
+        except RuntimeError as error:
+            print(f"  {path.name}: FAILED", flush=True)
+            return str(error)
         print(f"  {path.name}: {seconds:.0f} s", flush=True)
+        return None
 
     with ThreadPoolExecutor(max_workers=jobs) as pool:
-        list(pool.map(run, todo))
+        failures = [f for f in pool.map(run, todo) if f]
+    if failures:
+        raise RuntimeError(f"{len(failures)} notebook(s) failed; the book is not built.\n\n" + "\n\n".join(failures))
 
 
 def build(strict: bool = True) -> Path:
     """jupyter-book build of the staged sources into book/_build/html (warnings are errors when strict)."""
     jb = Path(sys.executable).parent / "jupyter-book"
-    cmd = [str(jb), "build", str(STAGE), "--path-output", str(BOOK)] + (["-W", "--keep-going"] if strict else [])
+    cmd = [str(jb), "build", "--all", str(STAGE), "--path-output", str(BOOK)] + (["-W", "--keep-going"] if strict else [])
     subprocess.run(cmd, check=True)
     return BOOK / "_build" / "html" / "index.html"
 

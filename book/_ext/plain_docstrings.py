@@ -2,13 +2,14 @@
 
 cutlib writes docstrings for readers of the code (shapes like ``(B*P, C)``, formulas with ``*`` and
 ``|``), not in reStructuredText; parsed as RST they would raise warnings, which the book treats as
-errors. Each docstring becomes a literal block instead, so it reads exactly as in the source.
+errors. Each docstring becomes a plain-text block instead (no highlighting; _static/docstrings.css wraps
+long lines), so it reads exactly as in the source.
 """
 
 
 def _as_literal(app, what, name, obj, options, lines):
     if any(line.strip() for line in lines):
-        lines[:] = ["::", ""] + ["    " + line for line in lines] + [""]
+        lines[:] = [".. code-block:: text", ""] + ["    " + line for line in lines] + [""]
 
 
 def setup(app):
