@@ -76,3 +76,16 @@ def test_datasets_command_lists_everything(capsys, tmp_path):
     assert main(["datasets", "--root", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "stripes" in out and all(name in out for name in ISSUE_NAMES)
+
+
+def test_datasets_command_marks_downloaded_pretrained_models_present(capsys, tmp_path):
+    entry = next(e for e in load_catalog().values() if e["kind"] == "pretrained")
+    main(["datasets", "--root", str(tmp_path)])
+    line = next(l for l in capsys.readouterr().out.splitlines() if entry["name"] in l)
+    assert "present" not in line
+    for model in entry["models"]:
+        (tmp_path / entry["name"] / model["path"]).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / entry["name"] / model["path"]).write_bytes(b"weights")
+    main(["datasets", "--root", str(tmp_path)])
+    line = next(l for l in capsys.readouterr().out.splitlines() if entry["name"] in l)
+    assert "present" in line

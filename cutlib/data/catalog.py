@@ -93,6 +93,10 @@ def cli(argv: list[str]) -> int:
     root = Path(args.root or data_root())
     print("built-in (generated on first use): " + ", ".join(BUILTIN))
     for name, entry in sorted(load_catalog().items()):
-        state = "present" if has_layout(root / name) else ("instructions" if entry["kind"] == "instructions" else "-")
+        if entry["kind"] == "pretrained":
+            present = all((root / name / m["path"]).is_file() for m in entry.get("models", []))
+        else:
+            present = has_layout(root / name)
+        state = "present" if present else ("instructions" if entry["kind"] == "instructions" else "-")
         print(f"  {name:<28} {entry['kind']:<12} {state:<12} {entry.get('description', '')}")
     return 0
