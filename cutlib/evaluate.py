@@ -51,7 +51,7 @@ from cutlib.metrics import (
     segmentation_scores,
 )
 
-EVALUATOR_VERSION = 1  # bump when the evaluators change: old cache files are then ignored
+EVALUATOR_VERSION = 2  # bump when the evaluators change: old cache files are then ignored
 EVAL_FILE = "eval.json"
 STRIPES_CLASSES = ["background", "smooth-coated animal", "striped animal"]
 SMOOTH, STRIPED = 1, 2
@@ -115,7 +115,7 @@ def load_split(dataset_dir: str | Path, split: str = "test", size: int = 64) -> 
 # the evaluators' network: a small U-Net (segmentation) whose pooled bottleneck gives features
 
 
-def conv_bn_relu(c_in: int, c_out: int) -> nn.Sequential:
+def _conv_bn_relu(c_in: int, c_out: int) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True))
 
 
@@ -125,11 +125,11 @@ class SmallUNet(nn.Module):
     def __init__(self, num_classes: int, width: int = 8):
         super().__init__()
         w = width
-        self.enc1 = nn.Sequential(conv_bn_relu(3, w), conv_bn_relu(w, w))  # (N, w, S, S)
-        self.enc2 = nn.Sequential(nn.MaxPool2d(2), conv_bn_relu(w, 2 * w), conv_bn_relu(2 * w, 2 * w))  # (N, 2w, S/2, S/2)
-        self.enc3 = nn.Sequential(nn.MaxPool2d(2), conv_bn_relu(2 * w, 4 * w), conv_bn_relu(4 * w, 4 * w))  # (N, 4w, S/4, S/4)
-        self.dec2 = conv_bn_relu(4 * w + 2 * w, 2 * w)  # (N, 2w, S/2, S/2)
-        self.dec1 = conv_bn_relu(2 * w + w, w)  # (N, w, S, S)
+        self.enc1 = nn.Sequential(_conv_bn_relu(3, w), _conv_bn_relu(w, w))  # (N, w, S, S)
+        self.enc2 = nn.Sequential(nn.MaxPool2d(2), _conv_bn_relu(w, 2 * w), _conv_bn_relu(2 * w, 2 * w))  # (N, 2w, S/2, S/2)
+        self.enc3 = nn.Sequential(nn.MaxPool2d(2), _conv_bn_relu(2 * w, 4 * w), _conv_bn_relu(4 * w, 4 * w))  # (N, 4w, S/4, S/4)
+        self.dec2 = _conv_bn_relu(4 * w + 2 * w, 2 * w)  # (N, 2w, S/2, S/2)
+        self.dec1 = _conv_bn_relu(2 * w + w, w)  # (N, w, S, S)
         self.head = nn.Conv2d(w, num_classes, 1)  # (N, K, S, S)
         self.feature_dims = 8 * w  # mean and std of the bottleneck
 
@@ -205,12 +205,22 @@ def _training_data(dataset_dir: Path, benchmark: str, size: int) -> tuple[Tensor
     return read_images(dataset_dir / "trainB", size), read_labels(dataset_dir / "trainB_labels", size), meta["classes"]
 
 
+def _noise_images(n: int, size: int, generator: torch.Generator) -> Tensor:
+    """(n, 3, S, S) in [0, 1]: white noise, or smooth blobs (noise on a 4x4 to 8x8 grid, upsampled bicubic)."""
+    white = torch.rand(n, 3, size, size, generator=generator)
+    cells = int(torch.randint(4, 9, (), generator=generator))
+    blobs = F.interpolate(torch.rand(n, 3, cells, cells, generator=generator), size=(size, size), mode="bicubic", align_corners=False)
+    smooth = torch.rand(n, generator=generator) < 0.5
+    return torch.where(smooth[:, None, None, None], blobs.clamp(0, 1), white)
+
+
 def train_evaluator(dataset_dir: str | Path, size: int = 64, seed: int = 0, steps: int = 300, batch_size: int = 16,
                     width: int = 8, lr: float = 3e-3, progress: bool = False) -> BuiltinEvaluator:
     """Train the segmenter of a built-in dataset on its train split (no caching; see ``load_evaluator``).
 
     stripes: trainA and trainB with their labels as background / smooth animal / striped animal, plus
-    2 white-noise images per batch labelled background (without them, noise counts as "striped").
+    2 noise images per batch labelled background (without them, noise counts as "striped" and the
+    blurry blobs of an untrained generator as "smooth animal").
     city: trainB photos with their 19-class labels. Adam with a linear decay, random horizontal flips.
     """
     dataset_dir = Path(dataset_dir)
@@ -234,7 +244,7 @@ def train_evaluator(dataset_dir: str | Path, size: int = 64, seed: int = 0, step
         idx = torch.randint(len(images), (batch_size,), generator=generator)
         x, y = images[idx], labels[idx]  # (B, 3, S, S), (B, S, S)
         if n_noise:
-            x = torch.cat([torch.rand(n_noise, 3, size, size, generator=generator), x[n_noise:]])
+            x = torch.cat([_noise_images(n_noise, size, generator), x[n_noise:]])
             y = torch.cat([torch.zeros_like(y[:n_noise]), y[n_noise:]])
         flip = torch.rand(batch_size, generator=generator) < 0.5
         x = torch.where(flip[:, None, None, None], x.flip(3), x)
@@ -375,6 +385,19 @@ def translate_images(model, inputs: Tensor, batch_size: int = 16) -> Tensor:
     device = next(model.G.parameters()).device
     outs = [model.translate(b.to(device) * 2 - 1).float().cpu() for b in inputs.split(batch_size)]
     return ((torch.cat(outs).clamp(-1, 1) + 1) * 127.5).round() / 255
+
+
+def translate_run(run_dir: str | Path, split: str = "test", device: str | None = None) -> dict:
+    """The final generator of a run applied to ``split``: ``load_split``'s dict plus "outputs" (N, 3, S, S) in [0, 1],
+    "dataset_dir", "benchmark" and "config" (the run's TrainConfig). For pictures; ``evaluate_run`` scores them."""
+    from cutlib.data import resolve_dataset
+    from cutlib.train import load_run
+
+    cfg, model = load_run(run_dir, device=_resolve_device(device))
+    dataset_dir = resolve_dataset(cfg.dataset, size=cfg.load_size)
+    data = load_split(dataset_dir, split, cfg.crop_size)
+    return {**data, "outputs": translate_images(model, data["inputs"]), "dataset_dir": dataset_dir,
+            "benchmark": benchmark_of(dataset_dir), "config": cfg}
 
 
 def run_checkpoints(run_dir: str | Path, epochs: str = "all") -> list[dict]:

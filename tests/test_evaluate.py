@@ -18,21 +18,25 @@ from cutlib.data import make_dataset
 from cutlib.evaluate import (
     STRIPED,
     BuiltinEvaluator,
+    SmallUNet,
     animal_fractions,
     benchmark_of,
     city_scores,
     evaluate_run,
     evaluator_cache_path,
+    extractor_record,
     load_evaluator,
     load_split,
+    make_extractor,
     read_images,
     read_labels,
     run_checkpoints,
     stripes_scores,
     train_evaluator,
     translate_images,
+    translate_run,
 )
-from cutlib.metrics import INCEPTION_WEIGHTS_FILE, FeatureExtractor, feature_statistics, frechet_distance, image_features
+from cutlib.metrics import INCEPTION_WEIGHTS_FILE, FeatureExtractor, RandomConvExtractor, feature_statistics, frechet_distance, image_features
 from cutlib.train import load_run, train
 
 SIZE = 32  # evaluation size of the tiny runs (their crop size)
@@ -107,6 +111,16 @@ def test_animal_fractions_on_hand_made_maps():
 
 
 # ---------------------------------------------------------------- the evaluators on the ground truth
+
+
+def test_small_unet_shapes():
+    net = SmallUNet(num_classes=5, width=4).eval()
+    x = torch.rand(2, 3, 16, 24)
+    assert net(x).shape == (2, 5, 16, 24)
+    feats = net.features(x)
+    assert feats.shape == (2, net.feature_dims) == (2, 32)
+    e3 = net.encode(x)[2].flatten(2)  # (2, 16, 4*6): the second half of the features is its spread
+    torch.testing.assert_close(feats[:, 16:], e3.std(dim=2))
 
 
 def test_stripes_evaluator_near_perfect_on_the_truth_and_poor_on_noise(stripes, stripes_evaluator):
@@ -231,6 +245,24 @@ def test_eval_json_of_a_tiny_run_reports_final_and_best_epoch(tiny_run, stripes,
     only_final = evaluate_run(tiny_run, device="cpu", epochs="final")
     assert len(only_final["epochs"]) == 1 and only_final["best"]["step"] == only_final["final"]["step"] == 150
     assert only_final["final"]["metrics"]["fid"] == pytest.approx(metrics["fid"], rel=1e-6)
+
+
+def test_translate_run_gives_the_final_generators_outputs(tiny_run, stripes):
+    result = translate_run(tiny_run, device="cpu")
+    assert result["benchmark"] == "stripes" and result["dataset_dir"] == stripes and result["config"].crop_size == SIZE
+    _, model = load_run(tiny_run)
+    assert torch.equal(result["outputs"], translate_images(model, result["inputs"]))
+    assert result["outputs"].shape == result["inputs"].shape == (16, 3, SIZE, SIZE)
+
+
+def test_make_extractor_and_its_record(stripes_evaluator):
+    random = make_extractor("random", None, None, "cpu", seed=3)
+    assert isinstance(random, RandomConvExtractor) and random.name == "random-conv-64d-seed3"
+    assert make_extractor("builtin", "stripes", stripes_evaluator, "cpu") is stripes_evaluator
+    with pytest.raises(ValueError, match="built-in datasets"):
+        make_extractor("builtin", None, None, "cpu")
+    record = extractor_record(random)
+    assert record["comparable_with_published"] is False and record["dims"] == 64 and "compare runs" in record["note"]
 
 
 def test_run_checkpoints_lists_snapshots_then_final(tiny_run):
