@@ -198,6 +198,23 @@ def run_grid(grid: dict, jobs: int = 1, gpus: list | None = None, dry_run: bool 
     return done + results
 
 
+def reevaluate(grid: dict, log=print) -> list[dict]:
+    """Evaluate every trained run of the grid again, in this process, one after the other: all runs then
+    share one evaluator (use it when cutlib.evaluate changed while the grid ran). Rewrites each eval.json."""
+    from cutlib.evaluate import evaluate_run
+
+    runs = [r for r in plan_runs(grid) if (Path(r["dir"]) / "checkpoint.pt").is_file()]
+    for i, run in enumerate(runs, 1):
+        params = run["parameters"]
+        extractor = params.get("extractor", "auto")
+        if extractor == "auto":  # as run_experiment.ipynb decides
+            extractor = "builtin" if str(params.get("dataset", "stripes")) in ("stripes", "city") else "inception"
+        device = params.get("device", "cpu")
+        evaluate_run(run["dir"], split="test", extractor=extractor, device=None if device == "auto" else device)
+        log(f"  [{i}/{len(runs)}] re-evaluated {run['variant']}/seed{run['seed']}")
+    return runs
+
+
 # ------------------------------------------------------------------ collecting
 def _std(values: list[float]) -> float:
     """Sample standard deviation (ddof 1); NaN for a single value."""
@@ -313,6 +330,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gpus", default="", help="comma-separated GPU ids: one run per GPU at a time, device cuda")
     p.add_argument("--dry-run", action="store_true", help="list the runs that would execute, run nothing")
     p.add_argument("--collect-only", action="store_true", help="only gather the eval.json files into results.json/csv")
+    p.add_argument("--reevaluate", action="store_true",
+                   help="evaluate every trained run again in one process (one evaluator for all), then collect")
     p.add_argument("--ship", default="", help="then copy the small results (JSON, metrics, thumbnails) to this folder")
     return p
 
@@ -321,7 +340,9 @@ def cli(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     grid = load_grid(args.config)
     gpus = [g.strip() for g in args.gpus.split(",") if g.strip()] or None
-    if args.collect_only:
+    if args.reevaluate:
+        reevaluate(grid)
+    if args.collect_only or args.reevaluate:
         print(format_table(collect(grid["out"], variants=list(grid["variants"]))))
         runs = []
     else:

@@ -60,6 +60,17 @@ def test_second_call_skips_finished_runs(tiny_grid):
     assert {p: p.stat().st_mtime_ns for p in before} == before
 
 
+def test_reevaluate_rewrites_every_eval_file(tiny_grid, tmp_path):
+    grid, _ = tiny_grid
+    files = sorted(Path(grid["out"]).glob("*/seed*/eval.json"))
+    before = {p: json.loads(p.read_text()) for p in files}
+    for p in files:  # pretend these were written by another evaluator
+        p.write_text(json.dumps({**before[p], "final": {"metrics": {"fid": -1.0}}}))
+    assert len(G.reevaluate(grid, log=lambda *a: None)) == 4
+    for p in files:
+        assert json.loads(p.read_text())["final"]["metrics"] == pytest.approx(before[p]["final"]["metrics"])
+
+
 def test_collect_of_real_runs_matches_their_eval_files(tiny_grid):
     grid, _ = tiny_grid
     table = json.loads((Path(grid["out"]) / "results.json").read_text())  # written by run_grid
