@@ -337,8 +337,14 @@ class Trainer:
     def total_epochs(self) -> int:
         return self.cfg.n_epochs + self.cfg.n_epochs_decay
 
+    @property
+    def epoch_len(self) -> int:
+        """Items per epoch: cfg.dataset_len when set (short CPU runs with several epochs), else the dataset's
+        length, max(|A|, |B|). Indices past the dataset wrap around for A (A is file i mod |A|)."""
+        return self.cfg.dataset_len or len(self.dataset)
+
     def total_steps(self) -> int:
-        per_epoch = len(self.dataset) // self.cfg.batch_size
+        per_epoch = self.epoch_len // self.cfg.batch_size
         full = per_epoch * self.total_epochs
         return min(full, self.cfg.max_steps) if self.cfg.max_steps else full
 
@@ -361,7 +367,7 @@ class Trainer:
             ds = self.dataset
             ds.set_epoch(self.epoch)
             ds.jitter = not (cfg.decay_no_jitter and self.epoch > cfg.n_epochs)
-            batches = epoch_batches(len(ds), cfg.batch_size, cfg.seed, self.epoch)[self.batch_in_epoch :]
+            batches = epoch_batches(self.epoch_len, cfg.batch_size, cfg.seed, self.epoch)[self.batch_in_epoch :]
             if self.world_size > 1:  # each process takes its slice of every global batch (not a DistributedSampler:
                 share = cfg.batch_size // self.world_size  # the step sequence stays that of one process, resume exact)
                 batches = [b[self.rank * share : (self.rank + 1) * share] for b in batches]
@@ -390,7 +396,7 @@ class Trainer:
                     self.save()
                 if self.done():
                     break
-            if self.batch_in_epoch >= len(ds) // cfg.batch_size:  # the epoch is complete
+            if self.batch_in_epoch >= self.epoch_len // cfg.batch_size:  # the epoch is complete
                 self._end_epoch()
         bar.close()
         self.write_samples()
@@ -431,6 +437,19 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False, progress:
     finally:
         if ours and dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()
+
+
+def run_progress(out_dir: str | Path) -> tuple[int, int]:
+    """(steps done, steps planned) of the run saved in out_dir; (0, 0) when there is none.
+    Chapters use it to show a finished run and to train their own when a run was left half-way."""
+    path = Path(out_dir) / CHECKPOINT
+    if not path.exists():
+        return 0, 0
+    saved = torch.load(path, map_location="cpu", weights_only=False)
+    cfg = C.from_dict(saved["config"])
+    per_epoch = (cfg.dataset_len or len(load_dataset(cfg))) // cfg.batch_size
+    planned = per_epoch * (cfg.n_epochs + cfg.n_epochs_decay)
+    return saved["step"], min(planned, cfg.max_steps) if cfg.max_steps else planned
 
 
 def load_run(out_dir: str | Path, device: str = "cpu"):

@@ -179,3 +179,21 @@ def test_without_weight_sharing_both_head_sets_learn_and_keys_stay_detached(stri
     model.training_step(_batch())
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.H.parameters())
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.H_q.parameters())
+
+
+def test_dataset_len_sets_the_epoch_length_and_snapshots_follow(stripes, tmp_path):
+    summary = train(tiny(stripes, dataset_len=2, save_epoch_freq=1), tmp_path / "run", progress=False)
+    assert summary["step"] == 4  # 2 epochs (1 + 1 decay) of 2 steps, although the data has 4 images
+    assert sorted(p.name for p in (tmp_path / "run" / "epochs").glob("*.pt")) == ["G_epoch001.pt", "G_epoch002.pt"]
+    lrs = [json.loads(l)["lr"] for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert lrs[:2] == [2e-4, 2e-4] and lrs[2] < 2e-4  # the decay epoch starts at step 3
+
+
+def test_run_progress(stripes, tmp_path):
+    from cutlib.train import run_progress
+
+    assert run_progress(tmp_path / "none") == (0, 0)
+    train(tiny(stripes, max_steps=2), tmp_path / "run", progress=False)
+    assert run_progress(tmp_path / "run") == (2, 2)
+    Trainer(tiny(stripes, dataset_len=2), tmp_path / "part", progress=False).save()  # saved, never trained
+    assert run_progress(tmp_path / "part") == (0, 4)  # 2 epochs of 2 steps planned
