@@ -215,7 +215,8 @@ def _download_inception_weights(dest: Path, timeout: float) -> None:
     partial = dest.with_name(dest.name + ".partial")
     digest = hashlib.sha256()
     try:
-        with urllib.request.urlopen(INCEPTION_WEIGHTS_URL, timeout=timeout) as response, open(partial, "wb") as out:
+        opener = urllib.request.build_opener()  # not urlopen's cached one: today's proxy settings apply
+        with opener.open(INCEPTION_WEIGHTS_URL, timeout=timeout) as response, open(partial, "wb") as out:
             while chunk := response.read(1 << 20):
                 digest.update(chunk)
                 out.write(chunk)

@@ -327,3 +327,18 @@ def test_md5_from_a_third_party_is_checked_with_a_warning(server, tmp_path):
     with pytest.warns(UserWarning, match="md5 differs"):
         path = download_file(f"{server.url}/f.bin", tmp_path / "other.bin", md5="0" * 32, **FAST)
     assert path.read_bytes() == data, "a third-party md5 only warns: the sha256 is the real check"
+
+
+def test_proxy_settings_are_read_at_each_download(server, tmp_path, monkeypatch):
+    """A download made while a (refusing) proxy was set must not poison later ones in the same
+    process: urllib.request.urlopen caches the opener of its first call, proxies included."""
+    server.files["/f.bin"] = b"x" * 100
+    with monkeypatch.context() as m:
+        for var in ("http_proxy", "HTTP_PROXY"):
+            m.setenv(var, "http://127.0.0.1:9")
+        m.delenv("no_proxy", raising=False)
+        m.delenv("NO_PROXY", raising=False)
+        with pytest.raises(DownloadError):
+            download_archive(f"{server.url}/f.bin", tmp_path / "a" / "f.bin", extract=False, **FAST)
+    path = download_archive(f"{server.url}/f.bin", tmp_path / "b" / "f.bin", extract=False, **FAST)
+    assert path.read_bytes() == b"x" * 100

@@ -68,7 +68,8 @@ def _fetch(url: str, part: Path, timeout: float, progress: bool) -> None:
         headers["Range"] = f"bytes={have}-"
     request = urllib.request.Request(url, headers=headers)
     try:
-        response = urllib.request.urlopen(request, timeout=timeout)
+        # a fresh opener each time: urlopen() caches one built from the proxy settings of its first call
+        response = urllib.request.build_opener().open(request, timeout=timeout)
     except urllib.error.HTTPError as err:
         if err.code == 416 and have:  # nothing left to fetch: the part file is complete
             return
