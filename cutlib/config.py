@@ -157,6 +157,22 @@ def field_type(name: str):
     return _HINTS[name]
 
 
+def _number(name: str, value: Any, kind: type) -> int | float:
+    """``value`` as an int or a float for field ``name``; strings are parsed, bools refused."""
+    what = "an integer" if kind is int else "a number"
+    if isinstance(value, str):
+        try:
+            value = kind(value)
+        except ValueError:
+            raise TypeError(f"{name} must be {what}, got {value!r}") from None
+    if kind is int and isinstance(value, float) and value.is_integer():
+        value = int(value)
+    allowed = (int,) if kind is int else (int, float)
+    if isinstance(value, bool) or not isinstance(value, allowed):
+        raise TypeError(f"{name} must be {what}, got {value!r}")
+    return kind(value)
+
+
 def _coerce(name: str, value: Any) -> Any:
     """Check (and for strings, parse) a value for field ``name``; raise a clear error if it is wrong."""
     hint = _HINTS[name]
@@ -178,26 +194,8 @@ def _coerce(name: str, value: Any) -> Any:
         if not isinstance(value, bool):
             raise TypeError(f"{name} must be true or false, got {value!r}")
         return value
-    if hint is int:
-        if isinstance(value, str):
-            try:
-                value = int(value)
-            except ValueError:
-                raise TypeError(f"{name} must be an integer, got {value!r}") from None
-        if isinstance(value, bool) or not isinstance(value, int):
-            if isinstance(value, float) and value.is_integer():
-                return int(value)
-            raise TypeError(f"{name} must be an integer, got {value!r}")
-        return value
-    if hint is float:
-        if isinstance(value, str):
-            try:
-                value = float(value)
-            except ValueError:
-                raise TypeError(f"{name} must be a number, got {value!r}") from None
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise TypeError(f"{name} must be a number, got {value!r}")
-        return float(value)
+    if hint in (int, float):
+        return _number(name, value, hint)
     if hint is str:
         if not isinstance(value, str):
             value = str(value) if isinstance(value, (int, float)) or hasattr(value, "__fspath__") else value

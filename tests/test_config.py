@@ -62,3 +62,11 @@ def test_linear_decay_formula():
     # lr * (1 - max(0, k - n_epochs) / (n_epochs_decay + 1)), k 1-based
     assert [linear_decay(k, 2, 3) for k in range(1, 6)] == [1.0, 1.0, 0.75, 0.5, 0.25]
     assert linear_decay(400, 200, 200) == pytest.approx(1 / 201)
+
+
+def test_numbers_from_papermill_and_yaml_are_accepted_but_bools_are_not():
+    assert C.CUT(batch_size=4.0).batch_size == 4 and C.CUT(lr=1).lr == 1.0
+    with pytest.raises(TypeError, match="batch_size must be an integer"):
+        C.CUT(batch_size=True)
+    with pytest.raises(TypeError, match="batch_size must be an integer"):
+        C.CUT(batch_size=2.5)

@@ -194,21 +194,29 @@ def _save_png(array: np.ndarray, path: Path) -> None:
     Image.fromarray(array).save(path, format="PNG", optimize=False)
 
 
-def _write_stripes(out: Path, size: int, n_train: int, n_test: int, seed: int) -> dict:
+def _write_splits(out: Path, n_train: int, n_test: int, seed: int, draw) -> None:
+    """Write every split of the unaligned layout and its ground truth. ``draw(rng, split)`` returns one
+    scene as {folder suffix: uint8 array}: "" the image, "_labels", and for testA "_target", "_target_labels"."""
     counts = {"trainA": n_train, "trainB": n_train, "testA": n_test, "testB": n_test}
     for split, n in counts.items():
         folders = [split, split + "_labels"] + (["testA_target", "testA_target_labels"] if split == "testA" else [])
         for folder in folders:
             (out / folder).mkdir()
         for i in range(n):
-            rng = np.random.default_rng([seed, SPLITS[split], i])
-            image, labels, target = _stripes_scene(rng, size, split[-1])
-            name = f"{i:05d}.png"
-            _save_png(image, out / split / name)
-            _save_png(labels, out / f"{split}_labels" / name)
-            if split == "testA":
-                _save_png(target, out / "testA_target" / name)
-                _save_png(labels, out / "testA_target_labels" / name)
+            rng = np.random.default_rng([seed, SPLITS[split], i])  # one stream per image: same seed, same bytes
+            for suffix, array in draw(rng, split).items():
+                _save_png(array, out / f"{split}{suffix}" / f"{i:05d}.png")
+
+
+def _write_stripes(out: Path, size: int, n_train: int, n_test: int, seed: int) -> dict:
+    def draw(rng: np.random.Generator, split: str) -> dict[str, np.ndarray]:
+        image, labels, target = _stripes_scene(rng, size, split[-1])
+        files = {"": image, "_labels": labels}
+        if split == "testA":
+            files.update(_target=target, _target_labels=labels)
+        return files
+
+    _write_splits(out, n_train, n_test, seed, draw)
     return {
         "description": "horse->zebra analogue: smooth-coated animals (A) -> striped animals (B), B drawn larger",
         "classes": ["background", "animal"],
@@ -398,26 +406,18 @@ def _city_photo(s: _Scene, rng: np.random.Generator) -> np.ndarray:
 
 
 def _write_city(out: Path, size: int, n_train: int, n_test: int, seed: int) -> dict:
-    counts = {"trainA": n_train, "trainB": n_train, "testA": n_test, "testB": n_test}
-    for split, n in counts.items():
-        folders = [split, split + "_labels"] + (["testA_target", "testA_target_labels"] if split == "testA" else [])
-        for folder in folders:
-            (out / folder).mkdir()
-        for i in range(n):
-            rng = np.random.default_rng([seed, SPLITS[split], i])
-            scene = _city_layout(rng, size)
-            name = f"{i:05d}.png"
-            _save_png(scene.labels, out / f"{split}_labels" / name)
-            if split.endswith("A"):
-                _save_png(CITY_PALETTE[scene.labels], out / split / name)  # label map in colour
-            if split != "testA" and split.endswith("A"):
-                continue
-            photo = _city_photo(scene, rng)
-            if split == "testA":
-                _save_png(photo, out / "testA_target" / name)
-                _save_png(scene.labels, out / "testA_target_labels" / name)
-            else:
-                _save_png(photo, out / split / name)
+    def draw(rng: np.random.Generator, split: str) -> dict[str, np.ndarray]:
+        scene = _city_layout(rng, size)
+        files = {"_labels": scene.labels}
+        if split.endswith("A"):
+            files[""] = CITY_PALETTE[scene.labels]  # label map in colour
+        if split == "testA":  # the photo of this very layout is the ground truth
+            files.update(_target=_city_photo(scene, rng), _target_labels=scene.labels)
+        elif split.endswith("B"):
+            files[""] = _city_photo(scene, rng)
+        return files
+
+    _write_splits(out, n_train, n_test, seed, draw)
     return {
         "description": "Cityscapes labels->photo analogue: colour label maps (A) -> rendered photos of other layouts (B)",
         "classes": CITY_CLASSES,
