@@ -13,6 +13,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import pickle
+import tempfile
+import threading
 import urllib.request
 import warnings
 from pathlib import Path
@@ -250,28 +253,39 @@ def find_inception_weights(weights_path: str | os.PathLike | None = None, downlo
     return cached
 
 
-def fid_inception_v3() -> nn.Module:
-    """The FID Inception-v3 architecture, untrained: pytorch_fid.inception.fid_inception_v3 without its download."""
-    from pytorch_fid.inception import FIDInceptionA, FIDInceptionC, FIDInceptionE_1, FIDInceptionE_2, _inception_v3
+_HUB_LOCK = threading.Lock()  # torch.hub's folder is process-wide: one pytorch-fid build at a time
 
-    net = _inception_v3(num_classes=1008, aux_logits=False, weights=None)
-    net.Mixed_5b = FIDInceptionA(192, pool_features=32)
-    net.Mixed_5c = FIDInceptionA(256, pool_features=64)
-    net.Mixed_5d = FIDInceptionA(288, pool_features=64)
-    net.Mixed_6b = FIDInceptionC(768, channels_7x7=128)
-    net.Mixed_6c = FIDInceptionC(768, channels_7x7=160)
-    net.Mixed_6d = FIDInceptionC(768, channels_7x7=160)
-    net.Mixed_6e = FIDInceptionC(768, channels_7x7=192)
-    net.Mixed_7b = FIDInceptionE_1(1280)
-    net.Mixed_7c = FIDInceptionE_2(2048)
-    return net
+
+def pytorch_fid_inception(weights_path: str | os.PathLike) -> nn.Module:
+    """pytorch_fid.inception.InceptionV3 (pool3, 2048 features) with the weights of the local file.
+
+    pytorch-fid takes its weights from torch.hub.get_dir()/checkpoints (downloading them if absent) and
+    unpickles them with weights_only=False. So the file is loaded here with weights_only=True, written
+    into a temporary hub folder, and torch.hub points there while pytorch-fid builds its network.
+    """
+    from pytorch_fid.inception import InceptionV3
+
+    try:
+        state = torch.load(weights_path, map_location="cpu", weights_only=True)
+        with _HUB_LOCK, tempfile.TemporaryDirectory(prefix="cutlib-fid-") as hub:
+            os.mkdir(os.path.join(hub, "checkpoints"))
+            torch.save(state, os.path.join(hub, "checkpoints", INCEPTION_WEIGHTS_FILE))
+            previous = torch.hub._hub_dir  # None means "follow $TORCH_HOME", which set_dir cannot restore
+            torch.hub.set_dir(hub)
+            try:
+                return InceptionV3([InceptionV3.BLOCK_INDEX_BY_DIM[2048]])
+            finally:
+                torch.hub._hub_dir = previous
+    except (pickle.UnpicklingError, EOFError, RuntimeError, TypeError) as error:  # not a torch file, wrong keys
+        raise ValueError(f"{weights_path} is not the FID Inception state dict {INCEPTION_WEIGHTS_FILE} "
+                         f"({type(error).__name__}: {error}).\nReplace it with the file from {INCEPTION_WEIGHTS_URL}") from error
 
 
 class InceptionExtractor(nn.Module):
-    """The standard FID features: pytorch-fid's Inception-v3 pool3 (2048-d), inputs resized to 299.
+    """The standard FID features: pytorch_fid.inception.InceptionV3's pool3 (2048-d), inputs in [0, 1].
 
-    Same layers, resizing (bilinear, align_corners=False) and scaling to [-1, 1] as
-    pytorch_fid.inception.InceptionV3 with its defaults. Weights: see ``find_inception_weights``.
+    pytorch-fid's defaults: inputs resized to 299 x 299 (bilinear, align_corners=False) and scaled to
+    [-1, 1]. Weights: see ``find_inception_weights``.
     """
 
     name = "inception-v3-fid-pool3"
@@ -279,23 +293,14 @@ class InceptionExtractor(nn.Module):
 
     def __init__(self, weights_path: str | os.PathLike | None = None, device: str | torch.device | None = None, download: bool = True):
         super().__init__()
-        path = find_inception_weights(weights_path, download=download)
-        net = fid_inception_v3()
-        net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-        self.blocks = nn.Sequential(  # the four blocks of pytorch-fid's InceptionV3, up to pool3
-            net.Conv2d_1a_3x3, net.Conv2d_2a_3x3, net.Conv2d_2b_3x3, nn.MaxPool2d(kernel_size=3, stride=2),
-            net.Conv2d_3b_1x1, net.Conv2d_4a_3x3, nn.MaxPool2d(kernel_size=3, stride=2),
-            net.Mixed_5b, net.Mixed_5c, net.Mixed_5d, net.Mixed_6a, net.Mixed_6b, net.Mixed_6c, net.Mixed_6d, net.Mixed_6e,
-            net.Mixed_7a, net.Mixed_7b, net.Mixed_7c, nn.AdaptiveAvgPool2d(output_size=(1, 1)),
-        )
+        self.net = pytorch_fid_inception(find_inception_weights(weights_path, download=download))
         device = device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu")
         self.requires_grad_(False).eval().to(device)
 
     @torch.no_grad()
     def forward(self, images: Tensor) -> Tensor:
-        x = images.to(next(self.parameters()).device, torch.float32)
-        x = F.interpolate(x, size=(299, 299), mode="bilinear", align_corners=False)  # (N, 3, 299, 299)
-        return self.blocks(2 * x - 1).flatten(1)  # (N, 2048)
+        x = images.to(next(self.parameters()).device, torch.float32)  # (N, 3, H, W) in [0, 1]
+        return self.net(x)[0].flatten(1)  # (N, 2048)
 
 
 # --------------------------------------------------------------------------------------------

@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import math
+import shutil
 import socket
 
 import numpy as np
 import pytest
 import torch
+import torchvision
 from PIL import Image
 from torch import nn
 
 from cutlib.metrics import (
     INCEPTION_WEIGHTS_ENV,
     INCEPTION_WEIGHTS_FILE,
+    INCEPTION_WEIGHTS_URL,
     FeatureExtractor,
     InceptionExtractor,
     InceptionWeightsNotFound,
@@ -32,6 +35,7 @@ from cutlib.metrics import (
     load_image,
     mmd2_unbiased,
     polynomial_kernel,
+    pytorch_fid_inception,
     scores_from_confusion,
     segmentation_scores,
 )
@@ -334,6 +338,14 @@ def test_missing_inception_weights_error_says_what_and_where(offline_empty_hub):
         find_inception_weights(download=False)
 
 
+def test_offline_error_names_the_file_the_folder_and_the_env_var(offline_empty_hub):
+    with pytest.raises(InceptionWeightsNotFound) as error:
+        InceptionExtractor(download=False)
+    message = str(error.value)
+    assert INCEPTION_WEIGHTS_FILE in message and str(inception_weights_dir()) in message
+    assert INCEPTION_WEIGHTS_ENV in message and INCEPTION_WEIGHTS_URL in message
+
+
 def test_explicit_weights_path_that_does_not_exist_is_named(offline_empty_hub, monkeypatch):
     missing = offline_empty_hub / "elsewhere" / INCEPTION_WEIGHTS_FILE
     with pytest.raises(InceptionWeightsNotFound, match="weights_path"):
@@ -343,16 +355,24 @@ def test_explicit_weights_path_that_does_not_exist_is_named(offline_empty_hub, m
         find_inception_weights()
 
 
-@pytest.mark.slow
-def test_inception_extractor_equals_pytorch_fid_on_the_same_weights(offline_empty_hub):
-    # The real weights are not on this machine: give both networks the same random weights (a file in
-    # the temporary hub dir, where pytorch-fid looks) and check that the layers and resizing agree.
-    from pytorch_fid.inception import InceptionV3
+def test_a_file_that_is_not_the_inception_state_dict_is_named(offline_empty_hub):
+    garbage, wrong_keys = offline_empty_hub / "garbage.pth", offline_empty_hub / "wrong_keys.pth"
+    garbage.write_bytes(b"not a torch file")
+    torch.save({"fc.weight": torch.zeros(3, 3)}, wrong_keys)
+    for path, reason in [(garbage, "UnpicklingError"), (wrong_keys, "Missing key")]:
+        with pytest.raises(ValueError, match="is not the FID Inception state dict") as error:
+            pytorch_fid_inception(path)
+        assert str(path) in str(error.value) and reason in str(error.value) and INCEPTION_WEIGHTS_URL in str(error.value)
 
-    from cutlib.metrics import fid_inception_v3
 
-    net, g = fid_inception_v3(), torch.Generator().manual_seed(0)
-    for module in net.modules():  # variance-preserving random weights, so that features are far from 0
+def random_inception_weights(path, seed: int) -> None:
+    """A random state dict in the layout of the FID weights file, saved at ``path``.
+
+    torchvision's Inception-v3 with 1008 classes and no aux head has exactly the FID net's parameters
+    (pytorch-fid's FID blocks only change forward()). Variance-preserving, so features are far from 0.
+    """
+    net, g = torchvision.models.inception_v3(num_classes=1008, aux_logits=False, init_weights=False), torch.Generator().manual_seed(seed)
+    for module in net.modules():
         if isinstance(module, nn.Conv2d):
             nn.init.kaiming_normal_(module.weight, nonlinearity="relu", generator=g)
         elif isinstance(module, nn.BatchNorm2d):
@@ -360,25 +380,57 @@ def test_inception_extractor_equals_pytorch_fid_on_the_same_weights(offline_empt
             module.bias.data.normal_(0, 0.1, generator=g)
             module.running_mean.normal_(0, 0.1, generator=g)
             module.running_var.uniform_(0.5, 1.5, generator=g)
-    state = net.state_dict()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(net.state_dict(), path)
+
+
+def pytorch_fid_features(images: torch.Tensor) -> torch.Tensor:
+    """pytorch-fid's own InceptionV3, which loads torch.hub.get_dir()/checkpoints/<weights file> itself."""
+    from pytorch_fid.inception import InceptionV3
+
+    assert (inception_weights_dir() / INCEPTION_WEIGHTS_FILE).is_file(), "pytorch-fid would try to download"
+    with torch.no_grad():
+        return InceptionV3([InceptionV3.BLOCK_INDEX_BY_DIM[2048]]).eval()(images)[0].flatten(1)  # (N, 2048)
+
+
+@pytest.mark.slow
+def test_inception_extractor_equals_pytorch_fid_on_the_same_weights(offline_empty_hub):
+    # The real weights are not on this machine: both networks get the same random weights, from the
+    # temporary hub dir where pytorch-fid looks, and must agree (layers, resizing, scaling).
     path = inception_weights_dir() / INCEPTION_WEIGHTS_FILE
-    path.parent.mkdir(parents=True)
-    torch.save(state, path)
+    random_inception_weights(path, seed=0)
     assert find_inception_weights() == path
 
     ours = InceptionExtractor(device="cpu")
-    reference = InceptionV3([InceptionV3.BLOCK_INDEX_BY_DIM[2048]]).eval()
     images = torch.rand(2, 3, 64, 80, generator=torch.Generator().manual_seed(1))
-    with torch.no_grad():
-        expected = reference(images)[0].flatten(1)  # (2, 2048)
+    expected = pytorch_fid_features(images)
     got = ours(images)
     assert (expected[0] - expected[1]).abs().max() > 0.1, "features too small for the comparison to mean anything"
     assert got.shape == (2, 2048) and ours.dims == 2048
-    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
     # (kid_score, not fid: the 2048 x 2048 sqrtm of FID alone takes ~30 s on one CPU thread)
     result = kid_score(images, images.flip(-1), extractor=ours, num_subsets=2)
     assert result["comparable_with_published"] is True and result["extractor"] == InceptionExtractor.name
     assert result["dims"] == 2048 and "comparable with published" in result["note"]
+
+
+@pytest.mark.slow
+def test_weights_named_by_the_env_var_are_the_ones_loaded(offline_empty_hub, monkeypatch):
+    elsewhere = offline_empty_hub / "elsewhere" / "my-inception.pth"
+    random_inception_weights(elsewhere, seed=2)
+    monkeypatch.setenv(INCEPTION_WEIGHTS_ENV, str(elsewhere))
+    hub = torch.hub.get_dir()
+
+    ours = InceptionExtractor(device="cpu")
+    assert torch.hub.get_dir() == hub, "torch.hub's folder must be restored"
+    assert not (inception_weights_dir() / INCEPTION_WEIGHTS_FILE).exists(), "nothing downloaded or copied into the hub"
+    images = torch.rand(3, 3, 299, 299, generator=torch.Generator().manual_seed(3))
+    got = ours(images)
+    inception_weights_dir().mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(elsewhere, inception_weights_dir() / INCEPTION_WEIGHTS_FILE)
+    expected = pytorch_fid_features(images)
+    assert (expected[0] - expected[1]).abs().max() > 0.1, "features too small for the comparison to mean anything"
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 
 
 # ---------------------------------------------------------------- segmentation scores
