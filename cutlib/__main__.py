@@ -14,7 +14,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "demo": ("cutlib.demo", "cli", "the course's main demo (make demo)"),
     "datasets": ("cutlib.data.catalog", "cli", "list the built-in and downloadable datasets"),
     "download": ("cutlib.data.download", "cli", "download a real dataset of the catalog: download NAME [--root DIR]"),
-    "prepare-cityscapes": ("cutlib.data.download", "prepare_cityscapes_cli", "convert your Cityscapes download to labels->photo"),
+    "prepare-cityscapes": ("cutlib.data.cityscapes", "prepare_cityscapes_cli", "convert your Cityscapes download to labels->photo"),
     "train": ("cutlib.train", "cli", "train CUT / FastCUT (and other presets) into a run folder"),
     "evaluate": ("cutlib.evaluate", "cli", "FID/KID and the built-in benchmarks' scores of a run: evaluate RUN_DIR (writes eval.json)"),
     "bench": ("cutlib.bench", "cli", "seconds per iteration and peak memory of presets (paper Table 1)"),

@@ -10,16 +10,22 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
 import typing
 from dataclasses import dataclass, fields, replace
 from typing import Any, Literal, get_args, get_origin
 
-TAPS_RESNET = ("rgb", "down1", "down2", "res1", "res5")  # the reference's nce_layers "0,4,8,12,16"
+from cutlib.networks import ResnetGenerator
+from cutlib.stylegan2 import StyleGAN2Generator
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """All settings of a run. Defaults are the reference's CUT settings (REFERENCE.md section 5)."""
+    """All settings of a run. Defaults are the reference's CUT settings (REFERENCE.md section 5).
+
+    A TrainConfig checks its values when it is made (``__post_init__``), so every config that exists
+    is valid; ``override`` also parses strings and checks types.
+    """
 
     # --- what is trained
     model: Literal["cut", "cyclegan", "sincut"] = "cut"  # objective class in cutlib.models
@@ -40,7 +46,7 @@ class TrainConfig:
     lambda_gan: float = 1.0
     lambda_nce: float = 1.0
     nce_idt: bool = True  # the identity term PatchNCE(y, G(y))
-    nce_layers: tuple[str, ...] = TAPS_RESNET
+    nce_layers: tuple[str, ...] = ResnetGenerator.DEFAULT_TAPS
     num_patches: int = 256  # sampled locations per layer per image (P)
     nce_t: float = 0.07  # temperature tau
     netF_nc: int = 256  # projection head output size
@@ -81,6 +87,9 @@ class TrainConfig:
     save_epoch_freq: int = 5  # keep a generator snapshot every this many epochs (for best-epoch eval)
     num_samples: int = 4  # test images in each sample grid
 
+    def __post_init__(self) -> None:
+        validate(self)
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
@@ -116,7 +125,7 @@ def SinCUT(**overrides) -> TrainConfig:
     base = TrainConfig(
         model="sincut", dataset="single_image_monet_etretat", netG="stylegan2", netD="stylegan2", ngf=10, ndf=8,
         gan_mode="nonsaturating", lambda_gan=1.0, lambda_r1=1.0, lambda_nce=4.0, nce_idt=True, lambda_idt_l1=1.0,
-        nce_layers=("rgb", "down1", "res2"), num_patches=1, negatives_from_batch=True,
+        nce_layers=StyleGAN2Generator.DEFAULT_TAPS, num_patches=1, negatives_from_batch=True,
         lr=0.002, beta1=0.0, beta2=0.99, batch_size=16, n_epochs=8, n_epochs_decay=8, dataset_len=100_000,
         load_size=1024,  # the reference's value; unused: the crops are zoomed from the original image
         crop_size=64, flip=True,
@@ -135,9 +144,19 @@ CPU_SCALE = dict(dataset="stripes", load_size=72, crop_size=64, ngf=16, ndf=16, 
                  n_epochs=5, n_epochs_decay=5, device="cpu", log_every=5)
 
 
+# Seconds-long smoke runs: the tests, the runner's scale="tiny" and chapter 7's live run. Nothing is learnt.
+TINY_SCALE = dict(dataset="stripes", load_size=40, crop_size=32, ngf=8, ndf=8, n_blocks=5, num_patches=16, netF_nc=32,
+                  n_epochs=1, n_epochs_decay=1, device="cpu", log_every=1, num_samples=2)
+
+
 def cpu_scale(name: str = "cut", **overrides) -> TrainConfig:
     """The preset ``name`` at the course's laptop scale (CPU_SCALE), then ``overrides``."""
     return preset(name, **{**CPU_SCALE, **overrides})
+
+
+def tiny_scale(name: str = "cut", **overrides) -> TrainConfig:
+    """The preset ``name`` at the smoke-test scale (TINY_SCALE), then ``overrides``."""
+    return preset(name, **{**TINY_SCALE, **overrides})
 
 
 def preset(name: str, **overrides) -> TrainConfig:
@@ -216,14 +235,13 @@ def override(cfg: TrainConfig, **overrides) -> TrainConfig:
             f"Valid names: {', '.join(FIELDS)}"
         )
     checked = {k: _coerce(k, v) for k, v in overrides.items()}
-    new = replace(cfg, **checked)
-    validate(new)
-    return new
+    return replace(cfg, **checked)  # replace() runs __post_init__: the new config is validated
 
 
 def validate(cfg: TrainConfig) -> None:
-    """Value checks that a type alone cannot express."""
-    problems = []
+    """Value checks that a type alone cannot express (called by TrainConfig.__post_init__)."""
+    problems = [f"{f.name} must be a finite number, got {getattr(cfg, f.name)!r}" for f in fields(cfg)
+                if isinstance(getattr(cfg, f.name), float) and not math.isfinite(getattr(cfg, f.name))]
     if cfg.crop_size > cfg.load_size:
         problems.append(f"crop_size ({cfg.crop_size}) must not exceed load_size ({cfg.load_size})")
     if cfg.crop_size % 4:

@@ -17,14 +17,13 @@ def before_after(run: Path, n: int = 8) -> Path:
     """runs/demo/before_after.png: test inputs | untrained generator | trained generator."""
     import torch
 
+    from cutlib.data import sample_images
     from cutlib.models import build_model
-    from cutlib.train import load_dataset, load_run
+    from cutlib.runs import load_run
     from cutlib.viz import save_grid
 
     cfg, model = load_run(run)
-    test = load_dataset(cfg, "test")
-    test.jitter = False
-    inputs = torch.stack([test[i]["A"] for i in range(min(n, len(test.paths_A)))])
+    inputs = sample_images(cfg, n)
     torch.manual_seed(cfg.seed)
     untrained = build_model(cfg).G.eval()  # a freshly initialised generator: what training starts from
     with torch.no_grad():

@@ -11,12 +11,7 @@ Image convention everywhere in this module: float tensors (N, 3, H, W) with valu
 
 from __future__ import annotations
 
-import hashlib
 import os
-import pickle
-import tempfile
-import threading
-import urllib.request
 import warnings
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -25,15 +20,20 @@ import numpy as np
 import scipy.linalg
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-# The FID Inception weights (TensorFlow's 2015-12-05 Inception, ported by pytorch-fid 0.3.0).
-INCEPTION_WEIGHTS_FILE = "pt_inception-2015-12-05-6726825d.pth"
-INCEPTION_WEIGHTS_URL = f"https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/{INCEPTION_WEIGHTS_FILE}"
-INCEPTION_WEIGHTS_ENV = "CUTLIB_INCEPTION_WEIGHTS"
-IMAGE_EXTENSIONS = {".bmp", ".jpg", ".jpeg", ".pgm", ".png", ".ppm", ".tif", ".tiff", ".webp"}  # pytorch-fid's
+from cutlib import images
+from cutlib.images import IMAGE_EXTENSIONS, list_images, to_tensor
+from cutlib.inception import (  # noqa: F401  (the names FID users look for here)
+    INCEPTION_WEIGHTS_ENV,
+    INCEPTION_WEIGHTS_FILE,
+    INCEPTION_WEIGHTS_URL,
+    InceptionExtractor,
+    InceptionWeightsNotFound,
+    find_inception_weights,
+)
+
 NOT_COMPARABLE = "features from {name}: compare runs with each other only; only the standard Inception extractor (InceptionExtractor) gives FIDs comparable with published ones"
 COMPARABLE = "pytorch-fid Inception pool3 features: comparable with published FIDs computed the same way (same number of images, split, resizing and file format)"
 
@@ -191,139 +191,25 @@ class RandomConvExtractor(nn.Module):
         return self.net(2 * x - 1).mean(dim=(2, 3))  # (N, dims)
 
 
-class InceptionWeightsNotFound(FileNotFoundError):
-    """The FID Inception weights are neither on disk nor downloadable."""
-
-
-def inception_weights_dir() -> Path:
-    """Where pytorch-fid (through torch.hub) keeps the weights: torch.hub.get_dir()/checkpoints."""
-    return Path(torch.hub.get_dir()) / "checkpoints"
-
-
-def _missing_weights_message(reason: str) -> str:
-    folder = inception_weights_dir()
-    return (
-        f"The FID Inception weights {INCEPTION_WEIGHTS_FILE} are needed but {reason}.\n"
-        f"Put the file in {folder} (torch.hub.get_dir()/checkpoints, where pytorch-fid looks), or pass "
-        f"InceptionExtractor(weights_path=...) or set {INCEPTION_WEIGHTS_ENV}=/path/to/{INCEPTION_WEIGHTS_FILE}.\n"
-        f"To fetch it on a machine with internet access:\n"
-        f"    curl -L -o {INCEPTION_WEIGHTS_FILE} {INCEPTION_WEIGHTS_URL}\n"
-        f"then copy it into {folder}."
-    )
-
-
-def _download_inception_weights(dest: Path, timeout: float) -> None:
-    """Download the weights to ``dest`` (atomically) and check the sha256 prefix in the file name."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    partial = dest.with_name(dest.name + ".partial")
-    digest = hashlib.sha256()
-    try:
-        opener = urllib.request.build_opener()  # not urlopen's cached one: today's proxy settings apply
-        with opener.open(INCEPTION_WEIGHTS_URL, timeout=timeout) as response, open(partial, "wb") as out:
-            while chunk := response.read(1 << 20):
-                digest.update(chunk)
-                out.write(chunk)
-        expected = INCEPTION_WEIGHTS_FILE.rsplit("-", 1)[1].split(".")[0]  # "6726825d"
-        if not digest.hexdigest().startswith(expected):
-            raise OSError(f"the downloaded file's sha256 does not start with {expected}")
-        os.replace(partial, dest)
-    finally:
-        partial.unlink(missing_ok=True)
-
-
-def find_inception_weights(weights_path: str | os.PathLike | None = None, download: bool = True, timeout: float = 60) -> Path:
-    """Path of pt_inception-2015-12-05-6726825d.pth: ``weights_path``, else $CUTLIB_INCEPTION_WEIGHTS,
-    else the torch hub cache, else downloaded there (as pytorch-fid would). Raises InceptionWeightsNotFound."""
-    explicit = weights_path if weights_path is not None else os.environ.get(INCEPTION_WEIGHTS_ENV)
-    if explicit:
-        path = Path(explicit)
-        if not path.is_file():
-            source = "weights_path" if weights_path is not None else f"${INCEPTION_WEIGHTS_ENV}"
-            raise InceptionWeightsNotFound(_missing_weights_message(f"{source} points to {path}, which is not a file"))
-        return path
-    cached = inception_weights_dir() / INCEPTION_WEIGHTS_FILE
-    if cached.is_file():
-        return cached
-    if not download:
-        raise InceptionWeightsNotFound(_missing_weights_message(f"{cached} does not exist (download=False)"))
-    try:
-        _download_inception_weights(cached, timeout)
-    except OSError as error:  # URLError, timeouts, refused connections, bad hash are all OSErrors
-        raise InceptionWeightsNotFound(_missing_weights_message(f"{cached} does not exist and the download failed ({error})")) from error
-    return cached
-
-
-_HUB_LOCK = threading.Lock()  # torch.hub's folder is process-wide: one pytorch-fid build at a time
-
-
-def pytorch_fid_inception(weights_path: str | os.PathLike) -> nn.Module:
-    """pytorch_fid.inception.InceptionV3 (pool3, 2048 features) with the weights of the local file.
-
-    pytorch-fid takes its weights from torch.hub.get_dir()/checkpoints (downloading them if absent) and
-    unpickles them with weights_only=False. So the file is loaded here with weights_only=True, written
-    into a temporary hub folder, and torch.hub points there while pytorch-fid builds its network.
-    """
-    from pytorch_fid.inception import InceptionV3
-
-    try:
-        state = torch.load(weights_path, map_location="cpu", weights_only=True)
-        with _HUB_LOCK, tempfile.TemporaryDirectory(prefix="cutlib-fid-") as hub:
-            os.mkdir(os.path.join(hub, "checkpoints"))
-            torch.save(state, os.path.join(hub, "checkpoints", INCEPTION_WEIGHTS_FILE))
-            previous = torch.hub._hub_dir  # None means "follow $TORCH_HOME", which set_dir cannot restore
-            torch.hub.set_dir(hub)
-            try:
-                return InceptionV3([InceptionV3.BLOCK_INDEX_BY_DIM[2048]])
-            finally:
-                torch.hub._hub_dir = previous
-    except (pickle.UnpicklingError, EOFError, RuntimeError, TypeError) as error:  # not a torch file, wrong keys
-        raise ValueError(f"{weights_path} is not the FID Inception state dict {INCEPTION_WEIGHTS_FILE} "
-                         f"({type(error).__name__}: {error}).\nReplace it with the file from {INCEPTION_WEIGHTS_URL}") from error
-
-
-class InceptionExtractor(nn.Module):
-    """The standard FID features: pytorch_fid.inception.InceptionV3's pool3 (2048-d), inputs in [0, 1].
-
-    pytorch-fid's defaults: inputs resized to 299 x 299 (bilinear, align_corners=False) and scaled to
-    [-1, 1]. Weights: see ``find_inception_weights``.
-    """
-
-    name = "inception-v3-fid-pool3"
-    dims = 2048
-
-    def __init__(self, weights_path: str | os.PathLike | None = None, device: str | torch.device | None = None, download: bool = True):
-        super().__init__()
-        self.net = pytorch_fid_inception(find_inception_weights(weights_path, download=download))
-        device = device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu")
-        self.requires_grad_(False).eval().to(device)
-
-    @torch.no_grad()
-    def forward(self, images: Tensor) -> Tensor:
-        x = images.to(next(self.parameters()).device, torch.float32)  # (N, 3, H, W) in [0, 1]
-        return self.net(x)[0].flatten(1)  # (N, 2048)
-
-
 # --------------------------------------------------------------------------------------------
 # Images -> features -> FID / KID
 # --------------------------------------------------------------------------------------------
 
 
 def image_files(folder: str | os.PathLike) -> list[Path]:
-    """The image files directly in ``folder`` (pytorch-fid's extensions, any case), sorted."""
+    """The image files directly in ``folder`` (cutlib.images' extensions, any case), sorted."""
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"image folder {folder} does not exist (expected a folder of .png/.jpg images)")
-    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    files = list_images(folder, recursive=False)
     if not files:
-        raise ValueError(f"image folder {folder} holds no images with extensions {sorted(IMAGE_EXTENSIONS)}")
+        raise ValueError(f"image folder {folder} holds no images with extensions {list(IMAGE_EXTENSIONS)}")
     return files
 
 
 def load_image(path: str | os.PathLike) -> Tensor:
-    """One image as a float tensor (3, H, W) in [0, 1]; grayscale and RGBA are converted to RGB (alpha dropped)."""
-    with Image.open(path) as image:
-        array = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0  # (H, W, 3)
-    return torch.from_numpy(array).permute(2, 0, 1).contiguous()
+    """One image as a float tensor (3, H, W) in [0, 1], as pytorch-fid reads it (RGB, no EXIF rotation)."""
+    return to_tensor(images.load_image(path, exif=False), unit=True)
 
 
 def _check_images(images: Tensor) -> None:
@@ -374,17 +260,17 @@ def image_features(images: ImageSource, extractor: FeatureExtractor, batch_size:
     return np.concatenate(chunks)
 
 
+def extractor_record(extractor: FeatureExtractor) -> dict:
+    """What a FID/KID result says about its features (only Inception is comparable with papers)."""
+    standard = isinstance(extractor, InceptionExtractor)
+    return {"name": extractor.name, "dims": extractor.dims, "comparable_with_published": standard,
+            "note": COMPARABLE if standard else NOT_COMPARABLE.format(name=extractor.name)}
+
+
 def _record(extractor: FeatureExtractor, n_real: int, n_fake: int) -> dict:
     """What every FID/KID result records besides its value."""
-    standard = isinstance(extractor, InceptionExtractor)
-    return {
-        "num_real": n_real,
-        "num_fake": n_fake,
-        "extractor": extractor.name,
-        "dims": extractor.dims,
-        "comparable_with_published": standard,
-        "note": COMPARABLE if standard else NOT_COMPARABLE.format(name=extractor.name),
-    }
+    record = extractor_record(extractor)
+    return {"num_real": n_real, "num_fake": n_fake, "extractor": record.pop("name"), **record}
 
 
 def _features_of_both(real, fake, extractor, batch_size, device, progress):

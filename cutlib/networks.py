@@ -23,9 +23,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-DEFAULT_TAPS = ("rgb", "down1", "down2", "res1", "res5")  # the reference's nce_layers "0,4,8,12,16"
-
-
 def init_weights(module: nn.Module, gain: float = 0.02) -> nn.Module:
     """Reference initialisation: xavier-normal(gain) weights, zero biases, for every conv and linear layer."""
     for m in module.modules():
@@ -96,6 +93,16 @@ def _check_positive(**values: int) -> None:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
 
+def tap_cell(pixel: tuple[int, int], image_size: tuple[int, int], tap_size: tuple[int, int]) -> tuple[int, int]:
+    """Cell of a (h, w) feature grid over input pixel (row, col) of an (H, W) image: stride s = H / h
+    (rounded), and a padded grid (h > H / s) is centred on the image."""
+    (row, col), (height, width), (h, w) = pixel, image_size, tap_size
+    if not (0 <= row < height and 0 <= col < width):
+        raise ValueError(f"pixel (row, col) = {tuple(pixel)} lies outside the {height}x{width} image")
+    s = max(1, round(height / h))
+    return row // s + (h - height // s) // 2, col // s + (w - width // s) // 2
+
+
 def _check_image(x: Tensor, channels: int) -> None:
     if not isinstance(x, Tensor) or x.dim() != 4 or x.shape[1] != channels:
         got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
@@ -110,6 +117,8 @@ class ResnetGenerator(nn.Module):
     followed by a conv. antialias=False: stride-2 convs and stride-2 transposed convs.
     The output has the input's size when H and W are multiples of 4 (otherwise pad first).
     """
+
+    DEFAULT_TAPS = ("rgb", "down1", "down2", "res1", "res5")  # the reference's nce_layers "0,4,8,12,16"
 
     def __init__(self, input_nc: int = 3, output_nc: int = 3, ngf: int = 64, n_blocks: int = 9, antialias: bool = True):
         super().__init__()
@@ -162,7 +171,7 @@ class ResnetGenerator(nn.Module):
     def _tap_positions(self, taps: Sequence[str]) -> list[int]:
         """Validate tap names; return their positions in the layer list."""
         if isinstance(taps, str):
-            raise ValueError(f"taps must be a sequence of layer names such as {DEFAULT_TAPS}, not the single string {taps!r}")
+            raise ValueError(f"taps must be a sequence of layer names such as {self.DEFAULT_TAPS}, not the single string {taps!r}")
         names = self.tap_names
         unknown = [t for t in taps if t not in names]
         if unknown:
@@ -170,14 +179,15 @@ class ResnetGenerator(nn.Module):
             if any(t.startswith("res") for t in unknown):
                 n = self.n_blocks
                 message += (
-                    f". It has n_blocks={n} residual blocks (res1..res{n}); DEFAULT_TAPS {DEFAULT_TAPS} needs "
+                    f". It has n_blocks={n} residual blocks (res1..res{n}); DEFAULT_TAPS {self.DEFAULT_TAPS} needs "
                     f"n_blocks >= 5: pass e.g. taps=('rgb', 'down1', 'down2', 'res1', 'res{max(n, 1)}')"
                 )
             raise ValueError(message)
         return [names.index(t) for t in taps]
 
-    def tap_channels(self, taps: Sequence[str] = DEFAULT_TAPS) -> list[int]:
+    def tap_channels(self, taps: Sequence[str] | None = None) -> list[int]:
         """Channel count C_l of each tap (e.g. 3, 2ngf, 4ngf, 4ngf, 4ngf): what the projection heads take."""
+        taps = self.DEFAULT_TAPS if taps is None else taps
         self._tap_positions(taps)
         return [self._channels[t] for t in taps]
 
@@ -193,9 +203,35 @@ class ResnetGenerator(nn.Module):
                 found[name] = x
         return x, [found[t] for t in taps]
 
-    def encode(self, x: Tensor, taps: Sequence[str] = DEFAULT_TAPS) -> list[Tensor]:
+    def encode(self, x: Tensor, taps: Sequence[str] | None = None) -> list[Tensor]:
         """Features of the requested taps, list of (B, C_l, H_l, W_l) in the order asked; stops after the last one."""
+        taps = self.DEFAULT_TAPS if taps is None else taps
         return self._run(x, taps, stop_after_last_tap=True)[1]
+
+    def tap_size(self, tap: str, height: int, width: int) -> tuple[int, int]:
+        """(h_l, w_l) of the feature map of ``tap`` for an input of height x width, from the layers' geometry."""
+        size = [height, width]
+        for name, layer in self.layers.items():
+            for i, n in enumerate(size):
+                if isinstance(layer, nn.ReflectionPad2d):
+                    size[i] = n + 2 * layer.padding[0]
+                elif isinstance(layer, nn.Conv2d):
+                    size[i] = (n + 2 * layer.padding[0] - layer.dilation[0] * (layer.kernel_size[0] - 1) - 1) // layer.stride[0] + 1
+                elif isinstance(layer, nn.ConvTranspose2d):
+                    k, st, pad, out = layer.kernel_size[0], layer.stride[0], layer.padding[0], layer.output_padding[0]
+                    size[i] = (n - 1) * st - 2 * pad + (k - 1) + out + 1
+                elif isinstance(layer, BlurDownsample):
+                    size[i] = -(-n // 2)
+                elif isinstance(layer, BlurUpsample):
+                    size[i] = 2 * n
+            if name == tap:
+                return size[0], size[1]
+        raise ValueError(f"unknown tap {tap!r}; valid names are {list(self.tap_names)}")
+
+    def tap_cell(self, tap: str, pixel: tuple[int, int], image_size: tuple[int, int]) -> tuple[int, int]:
+        """The cell (row, col) of ``tap``'s feature grid that sits over input pixel (row, col) of an image of
+        image_size = (H, W): the pixel divided by the tap's stride, shifted by the tap's padding (rgb: 3)."""
+        return tap_cell(pixel, image_size, self.tap_size(tap, *image_size))
 
     def forward(self, x: Tensor, taps: Sequence[str] | None = None) -> Tensor | tuple[Tensor, list[Tensor]]:
         """(B, input_nc, H, W) -> image (B, output_nc, H, W) in [-1, 1]; with taps, (image, features of
@@ -258,13 +294,13 @@ def receptive_field(net: nn.Module, tap: str | None = None) -> int:
     """Side in input pixels of the square that one output pixel of ``tap`` sees, through the convolutions.
 
     Analytic: r <- r + (k - 1) * d * j, j <- j * s over the layers (j: input pixels per feature step).
-    For a ResnetGenerator give a tap name (DEFAULT_TAPS -> 1, 9, 15, 35, 99, paper Sec. 4 / App.);
+    For a ResnetGenerator give a tap name (ResnetGenerator.DEFAULT_TAPS -> 1, 9, 15, 35, 99, paper Sec. 4 / App.);
     for any other network (e.g. PatchGANDiscriminator) tap=None means its output.
     Instance norm's statistics are global and are not counted, as in the paper.
     """
     if isinstance(net, ResnetGenerator):
         if tap is None:
-            raise ValueError(f"receptive_field(G, tap) needs a tap name for a generator, e.g. one of {DEFAULT_TAPS}")
+            raise ValueError(f"receptive_field(G, tap) needs a tap name for a generator, e.g. one of {ResnetGenerator.DEFAULT_TAPS}")
         last = net._tap_positions([tap])[0]
         modules: nn.Module = nn.Sequential(*list(net.layers.values())[: last + 1])
     elif tap is not None:
@@ -372,3 +408,30 @@ def load_reference_generator(path_or_state_dict: str | Path | Mapping[str, Tenso
         ours[f"layers.{names[int(index)]}.{rest}"] = value
     G.load_state_dict(ours, strict=True)
     return G
+
+
+# ----------------------------------------------------------------------------------------------
+# what a TrainConfig builds (cutlib.config): the networks and their optimiser
+
+
+def build_generator(cfg) -> nn.Module:
+    """The generator named by cfg.netG ("resnet" or "stylegan2") at the config's sizes."""
+    if cfg.netG == "resnet":
+        return ResnetGenerator(cfg.input_nc, cfg.output_nc, cfg.ngf, cfg.n_blocks, antialias=cfg.antialias)
+    from cutlib.stylegan2 import StyleGAN2Generator
+
+    return StyleGAN2Generator(cfg.input_nc, cfg.output_nc, ngf=cfg.ngf)
+
+
+def build_discriminator(cfg) -> nn.Module:
+    """The discriminator named by cfg.netD ("patchgan" or "stylegan2")."""
+    if cfg.netD == "patchgan":
+        return PatchGANDiscriminator(cfg.output_nc, cfg.ndf, cfg.n_layers_D, antialias=cfg.antialias)
+    from cutlib.stylegan2 import StyleGAN2Discriminator
+
+    return StyleGAN2Discriminator(cfg.output_nc, ndf=cfg.ndf, size=cfg.crop_size)
+
+
+def build_optimizer(params, cfg) -> torch.optim.Adam:
+    """Adam(lr, (beta1, beta2)) of the config: every network of every method trains with it."""
+    return torch.optim.Adam(params, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))

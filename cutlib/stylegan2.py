@@ -22,8 +22,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 BLUR_TAPS = (1.0, 3.0, 3.0, 1.0)
-SINCUT_TAPS = ("rgb", "down1", "res2")  # the reference's nce_layers "0,2,4"
-DEFAULT_TAPS = SINCUT_TAPS
 
 
 def _check_image(name: str, x: Tensor, channels: int) -> None:
@@ -181,6 +179,8 @@ class StyleGAN2Generator(nn.Module):
     H and W must be multiples of 2 ** n_downsampling; the output has the input's size.
     """
 
+    DEFAULT_TAPS = ("rgb", "down1", "res2")  # SinCUT's nce_layers "0,2,4" in the reference
+
     def __init__(
         self,
         input_nc: int = 3,
@@ -224,13 +224,15 @@ class StyleGAN2Generator(nn.Module):
         """Every encoder layer name, in the order the layers run; any of them can be tapped."""
         return tuple(self.encoder.keys())
 
-    def tap_channels(self, taps: Sequence[str] = SINCUT_TAPS) -> list[int]:
+    def tap_channels(self, taps: Sequence[str] | None = None) -> list[int]:
         """Channel count of each named tap (to build the projection heads eagerly)."""
+        taps = self.DEFAULT_TAPS if taps is None else taps
         self._check_taps(taps)
         return [self._tap_channels[name] for name in taps]
 
-    def encode(self, x: Tensor, taps: Sequence[str] = SINCUT_TAPS) -> list[Tensor]:
+    def encode(self, x: Tensor, taps: Sequence[str] | None = None) -> list[Tensor]:
         """Features at the named taps, list of (B, C_l, H_l, W_l); stops after the last one needed."""
+        taps = self.DEFAULT_TAPS if taps is None else taps
         self._check_input(x)
         self._check_taps(taps)
         wanted, last = set(taps), max((self.tap_names.index(name) for name in taps), default=-1)
@@ -240,6 +242,17 @@ class StyleGAN2Generator(nn.Module):
             if name in wanted:
                 feats[name] = h
         return [feats[name] for name in taps]
+
+    def tap_cell(self, tap: str, pixel: tuple[int, int], image_size: tuple[int, int]) -> tuple[int, int]:
+        """The cell (row, col) of ``tap``'s grid over input pixel (row, col): rgb and from_rgb are at full
+        resolution, down_i at 1/2^i, the residual blocks at 1/2^n_downsampling (no padding)."""
+        self._check_taps([tap])
+        (row, col), (height, width) = pixel, image_size
+        if not (0 <= row < height and 0 <= col < width):
+            raise ValueError(f"pixel (row, col) = {tuple(pixel)} lies outside the {height}x{width} image")
+        names = list(self.tap_names)
+        scale = 2 ** sum(n.startswith("down") for n in names[: names.index(tap) + 1])
+        return row // scale, col // scale
 
     def decode(self, h: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """Bottleneck features (B, C, H / 2^N, W / 2^N) -> image (B, output_nc, H, W).
@@ -268,7 +281,7 @@ class StyleGAN2Generator(nn.Module):
 
     def _check_taps(self, taps: Sequence[str]) -> None:
         if isinstance(taps, str):
-            raise ValueError(f"taps must be a sequence of names such as {SINCUT_TAPS}, not the single string {taps!r}")
+            raise ValueError(f"taps must be a sequence of names such as {self.DEFAULT_TAPS}, not the single string {taps!r}")
         unknown = [name for name in taps if name not in self._tap_channels]
         if unknown:
             raise ValueError(f"unknown tap(s) {unknown}; this generator's taps are {list(self.tap_names)}")

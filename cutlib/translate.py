@@ -16,13 +16,14 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor, nn
 
-from cutlib.train import CHECKPOINT, resolve_device
+from cutlib.device import resolve_device
+from cutlib.images import to_uint8
+from cutlib.runs import CHECKPOINT, CheckpointError, load_checkpoint
 
 REFERENCE_FILE = "latest_net_G.pth"  # the authors' generator file name in a checkpoint folder
 
@@ -127,20 +128,6 @@ def translate_image(G: nn.Module, image: Tensor, multiple: int = 4, tile: int | 
 # checkpoints
 
 
-def _torch_load(path: Path):
-    """torch.load without running arbitrary pickled code: tensors, containers, and the numpy arrays
-    of the RNG state that a cutlib checkpoint.pt stores."""
-    numpy_types = [np._core.multiarray._reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
-    try:
-        with torch.serialization.safe_globals(numpy_types):
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # not a torch file, a damaged one, or one that needs unsafe pickling
-        raise ValueError(
-            f"cannot read {path} as a PyTorch checkpoint ({type(err).__name__}: {str(err).splitlines()[0][:200]}). "
-            f"Expected a cutlib run's {CHECKPOINT}, an epochs/G_epochNNN.pt snapshot or the authors' {REFERENCE_FILE}"
-        ) from err
-
-
 def _find_pretrained(name: str) -> Path | None:
     """The downloaded folder of an authors' model listed in the catalog (e.g. "horse2zebra_cut_pretrained")."""
     from cutlib.data.catalog import load_catalog
@@ -160,8 +147,7 @@ def load_generator(checkpoint: str | Path, device: str | torch.device = "cpu") -
     the name of an authors' model of the catalog once downloaded (e.g. horse2zebra_cut_pretrained).
     """
     from cutlib import config as C
-    from cutlib.models import build_generator
-    from cutlib.networks import load_reference_generator
+    from cutlib.networks import build_generator, load_reference_generator
 
     path = Path(checkpoint).expanduser()
     pretrained = None if path.exists() else _find_pretrained(str(checkpoint))
@@ -179,7 +165,11 @@ def load_generator(checkpoint: str | Path, device: str | torch.device = "cpu") -
     elif not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} not found: pass a run folder, its {CHECKPOINT}, an "
                                 f"epochs/G_epochNNN.pt snapshot or an authors' {REFERENCE_FILE}")
-    state = _torch_load(path)
+    try:
+        state = load_checkpoint(path)
+    except CheckpointError as err:
+        raise CheckpointError(f"{err}. Expected a cutlib run's {CHECKPOINT}, an epochs/G_epochNNN.pt snapshot "
+                              f"or the authors' {REFERENCE_FILE}") from err
     if isinstance(state, Mapping) and "G" in state and "config" in state:  # ours: checkpoint or epoch snapshot
         cfg = C.from_dict(state["config"])
         G = build_generator(cfg)
@@ -190,7 +180,7 @@ def load_generator(checkpoint: str | Path, device: str | torch.device = "cpu") -
         keys = list(state)[:6] if isinstance(state, Mapping) else type(state).__name__
         raise ValueError(f"{path} is not a generator checkpoint: expected a cutlib checkpoint (keys 'G' and 'config') "
                          f"or the authors' layout (keys 'model.<index>...'), found {keys}")
-    return G.to(resolve_device(str(device))).eval().requires_grad_(False)
+    return G.to(resolve_device(device)).eval().requires_grad_(False)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -199,7 +189,7 @@ def load_generator(checkpoint: str | Path, device: str | torch.device = "cpu") -
 
 def _to_pil(x: Tensor) -> Image.Image:
     """(C, H, W) in [-1, 1] -> RGB (C = 3) or grayscale (C = 1) PIL image."""
-    arr = ((x.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    arr = to_uint8(x).permute(1, 2, 0).numpy()
     return Image.fromarray(arr[:, :, 0] if arr.shape[2] == 1 else arr)
 
 

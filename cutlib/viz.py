@@ -10,12 +10,15 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from cutlib.files import atomic_write
+from cutlib.images import to_uint8
+
 
 def to_image(x: Tensor) -> np.ndarray:
     """(C, H, W) tensor in [-1, 1] -> (H, W, 3) uint8 array (one channel is repeated)."""
     if x.dim() != 3:
         raise ValueError(f"expected one image (C, H, W), got shape {tuple(x.shape)}")
-    x = ((x.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    x = to_uint8(x)
     if x.shape[0] == 1:
         x = x.expand(3, -1, -1)
     return x.permute(1, 2, 0).numpy()
@@ -42,10 +45,8 @@ def save_grid(columns: Sequence[Tensor], path: str | Path, pad: int = 2) -> Path
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.png")
-    Image.fromarray(image_grid(columns, pad)).save(tmp)
-    tmp.replace(path)
-    return path
+    image = Image.fromarray(image_grid(columns, pad))
+    return atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))
 
 
 def read_metrics(path: str | Path) -> dict[str, list]:
@@ -88,23 +89,19 @@ def patch_similarity(encoder, heads, x: Tensor, out: Tensor, query: tuple[int, i
     INPUT patch, normalised to sum to 1 over the input (a softmax). One (h_l, w_l) map per NCE layer.
 
     x, out: (1, C, H, W) input and its translation; v = H_l(encoder tap l), as PatchNCE compares them
-    (Sec. 3.2); the query pixel is mapped onto each layer's grid (padded taps keep their border).
+    (Sec. 3.2); the query pixel is mapped onto each layer's grid by ``encoder.tap_cell``.
     """
     if x.dim() != 4 or x.shape[0] != 1 or x.shape != out.shape:
         raise ValueError(f"x and out must both be one image (1, C, H, W), got {tuple(x.shape)} and {tuple(out.shape)}")
     height, width = x.shape[2:]
-    row, col = query
-    if not (0 <= row < height and 0 <= col < width):
-        raise ValueError(f"query (row, col) = {tuple(query)} lies outside the {height}x{width} image")
+    cells = [encoder.tap_cell(tap, query, (height, width)) for tap in taps]  # raises if the query is outside
     feats_k, feats_q = encoder.encode(x, taps), encoder.encode(out, taps)  # lists of (1, C_l, h_l, w_l)
     keys = heads([f[0].flatten(1).t() for f in feats_k])  # list of (h_l*w_l, dim), unit length
     queries = heads([f[0].flatten(1).t() for f in feats_q])
     maps = []
-    for f, k, q in zip(feats_k, keys, queries):
+    for f, k, q, (r, c) in zip(feats_k, keys, queries, cells):
         h, w = f.shape[2:]
-        s = max(1, round(height / h))  # stride of this tap; "rgb" is the input reflect-padded by 3
-        i = (row // s + (h - height // s) // 2) * w + col // s + (w - width // s) // 2  # the query's cell
-        maps.append(torch.softmax(k @ q[i] / tau, dim=0).view(h, w))  # exp(v . v-_j / tau) / sum_j
+        maps.append(torch.softmax(k @ q[r * w + c] / tau, dim=0).view(h, w))  # exp(v . v-_j / tau) / sum_j
     return maps
 
 

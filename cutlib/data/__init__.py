@@ -5,7 +5,8 @@
 """
 
 from cutlib.data.catalog import get_entry, load_catalog, resolve_dataset
-from cutlib.data.download import download_archive, download_dataset, prepare_cityscapes
+from cutlib.data.cityscapes import prepare_cityscapes
+from cutlib.data.download import download_archive, download_dataset
 from cutlib.data.folders import (
     ImageFolder,
     SingleImagePair,
@@ -15,6 +16,34 @@ from cutlib.data.folders import (
     load_image,
 )
 from cutlib.data.synthetic import BUILTIN, make_dataset
+
+
+def load_dataset(cfg, phase: str = "train"):
+    """The dataset a TrainConfig names (cfg.dataset: built-in name, catalog name or folder), as the
+    trainer reads it: SingleImagePair for SinCUT, else UnpairedImageFolder of ``phase``."""
+    import torch
+
+    root = resolve_dataset(cfg.dataset, size=cfg.load_size)  # built-in sets are drawn at the load size
+    if cfg.model == "sincut":  # one image per domain: random zoom + 64x64 tiles (REFERENCE.md section 7)
+        return SingleImagePair(root, crop_size=cfg.crop_size, flip=cfg.flip, length=cfg.dataset_len or 100_000,
+                               generator=torch.Generator().manual_seed(cfg.seed))
+    return UnpairedImageFolder(
+        root, phase=phase, load_size=cfg.load_size, crop_size=cfg.crop_size, flip=cfg.flip and phase == "train",
+        input_nc=cfg.input_nc, generator=torch.Generator().manual_seed(cfg.seed),
+    )
+
+
+def sample_images(cfg, n: int):
+    """The first n test images of domain A (train images if there is no test split), without jitter:
+    the fixed inputs of a run's sample grids. (n, C, crop, crop) in [-1, 1]."""
+    import torch
+
+    try:
+        ds = load_dataset(cfg, "test")
+    except (FileNotFoundError, ValueError):
+        ds = load_dataset(cfg, "train")
+    ds.jitter = False
+    return torch.stack([ds[i]["A"] for i in range(min(n, len(ds.paths_A)))])
 
 __all__ = [
     "BUILTIN",
@@ -27,8 +56,10 @@ __all__ = [
     "get_entry",
     "list_images",
     "load_catalog",
+    "load_dataset",
     "load_image",
     "make_dataset",
     "prepare_cityscapes",
     "resolve_dataset",
+    "sample_images",
 ]

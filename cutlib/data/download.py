@@ -1,8 +1,7 @@
 """Downloads of the real datasets: resumable, checksummed, safely extracted, atomic.
 
-``python -m cutlib download NAME [--root DIR]`` fetches a catalog entry (data/catalog.json);
-``python -m cutlib prepare-cityscapes`` turns a user's own Cityscapes download into the
-labels->photo layout (Cityscapes may not be redistributed). Only the standard library talks HTTP.
+``python -m cutlib download NAME [--root DIR]`` fetches a catalog entry (cutlib.data.catalog).
+Only the standard library talks HTTP.
 """
 
 from __future__ import annotations
@@ -10,10 +9,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import http.client
-import os
-import shutil
 import tarfile
-import tempfile
 import time
 import urllib.error
 import urllib.parse
@@ -23,10 +19,9 @@ import zipfile
 import zlib
 from pathlib import Path, PurePosixPath
 
-import numpy as np
-from PIL import Image
 from tqdm.auto import tqdm
 
+from cutlib.files import staged_folder
 from cutlib.paths import data_root
 
 CHUNK = 1 << 16
@@ -190,9 +185,7 @@ def download_archive(url: str, dest: str | Path, sha256: str | None = None, extr
         return dest
     archive = dest.parent / _archive_name(url, dest)
     download_file(url, archive, sha256, md5, retries, backoff, timeout, progress)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
-    os.chmod(tmp, 0o755)  # mkdtemp makes it private; the result is a normal folder
-    try:
+    def fill(tmp: Path) -> Path:
         safe_extract(archive, tmp)
         entries = list(tmp.iterdir())
         src = entries[0] if len(entries) == 1 and entries[0].is_dir() else tmp
@@ -204,12 +197,13 @@ def download_archive(url: str, dest: str | Path, sha256: str | None = None, extr
                     raise FileNotFoundError(f"archive {url} has no folder {old!r} (expected for {new})")
                 (src / old).rename(arranged / new)
             src = arranged
-        src.rename(dest)
+        return src
+
+    try:
+        staged_folder(dest, fill)
     except BaseException:
         archive.unlink(missing_ok=True)
         raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     if not keep_archive:
         archive.unlink(missing_ok=True)
     return dest
@@ -230,15 +224,11 @@ def download_dataset(name: str, root: str | Path | None = None, entry: dict | No
     if "files" in entry:  # loose files (e.g. the SinCUT pair): fetched into a temp folder, then renamed
         if dest.is_dir() and any(dest.iterdir()):
             return dest
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=dest.parent))
-        os.chmod(tmp, 0o755)  # mkdtemp makes it private; the result is a normal folder
-        try:
+        def fill(tmp: Path) -> None:
             for f in entry["files"]:
                 download_file(f["url"], tmp / f["path"], f.get("sha256"), **kwargs)
-            tmp.rename(dest)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+
+        staged_folder(dest, fill)
         return dest
     return download_archive(entry["url"], dest, entry["sha256"], md5=entry.get("md5"),
                             rearrange=entry.get("rearrange"), **kwargs)
@@ -265,71 +255,4 @@ def cli(argv: list[str]) -> int:
         print(f"error: {err}")
         return 1
     print(f"ready: {path}")
-    return 0
-
-
-# ----------------------------------------------------------------------------------------------
-# Cityscapes: the user's own download -> labels (A) -> photos (B)
-
-# Cityscapes label id -> train id (the 19 evaluated classes; 255 = ignored)
-CITYSCAPES_TRAIN_ID = np.full(256, 255, np.uint8)
-for _label_id, _train_id in {7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9, 23: 10,
-                             24: 11, 25: 12, 26: 13, 27: 14, 28: 15, 31: 16, 32: 17, 33: 18}.items():
-    CITYSCAPES_TRAIN_ID[_label_id] = _train_id
-
-
-def prepare_cityscapes(gtfine: str | Path, leftimg: str | Path, out: str | Path, size: int = 256) -> Path:
-    """Write trainA/ (colour label maps), trainB/ (photos) from ``train`` and testA/ testB/ from ``val``.
-
-    Label maps are resized with nearest neighbour (colours stay exact) and train ids go to
-    ``X_labels/`` for the paper's correspondence scores (REFERENCE 8); photos are resized bicubic.
-    Files keep the Cityscapes name (city_seq_frame), so A and B of the same scene share a name.
-    """
-    gtfine, leftimg, out = Path(gtfine), Path(leftimg), Path(out)
-    for folder, what in ((gtfine, "gtFine"), (leftimg, "leftImg8bit")):
-        if not (folder / "train").is_dir() or not (folder / "val").is_dir():
-            raise FileNotFoundError(f"{folder} should be the unzipped {what} folder with train/ and val/ inside")
-    if out.exists() and any(out.iterdir()):
-        raise FileExistsError(f"{out} exists and is not empty; choose a new --out folder")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    os.chmod(tmp, 0o755)  # mkdtemp makes it private; the result is a normal folder
-    try:
-        for phase, split in (("val", "test"), ("train", "train")):
-            colours = sorted((gtfine / phase).glob("*/*_gtFine_color.png"))
-            photos = {p.name.replace("_leftImg8bit.png", ""): p for p in (leftimg / phase).glob("*/*_leftImg8bit.png")}
-            if not colours:
-                raise FileNotFoundError(f"no *_gtFine_color.png files under {gtfine / phase}/CITY/")
-            for folder in ("A", "B", "A_labels", "B_labels"):
-                (tmp / f"{split}{folder}").mkdir()
-            for colour in tqdm(colours, desc=f"cityscapes {phase}", unit="img"):
-                stem = colour.name.replace("_gtFine_color.png", "")
-                if stem not in photos:
-                    raise FileNotFoundError(f"no photo {stem}_leftImg8bit.png under {leftimg / phase} for {colour}")
-                label_map = Image.open(colour).convert("RGB").resize((size, size), Image.Resampling.NEAREST)
-                label_map.save(tmp / f"{split}A" / f"{stem}.png")
-                photo = Image.open(photos[stem]).convert("RGB").resize((size, size), Image.Resampling.BICUBIC)
-                photo.save(tmp / f"{split}B" / f"{stem}.jpg", quality=100, subsampling=0)
-                ids_path = colour.with_name(f"{stem}_gtFine_labelIds.png")
-                if ids_path.is_file():
-                    ids = Image.open(ids_path).resize((size, size), Image.Resampling.NEAREST)
-                    train_ids = Image.fromarray(CITYSCAPES_TRAIN_ID[np.asarray(ids, dtype=np.uint8)])
-                    for folder in ("A_labels", "B_labels"):
-                        train_ids.save(tmp / f"{split}{folder}" / f"{stem}.png")
-        tmp.rename(out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return out
-
-
-def prepare_cityscapes_cli(argv: list[str]) -> int:
-    """``python -m cutlib prepare-cityscapes --gtfine DIR --leftimg DIR --out DIR``."""
-    parser = argparse.ArgumentParser(prog="python -m cutlib prepare-cityscapes", description=prepare_cityscapes.__doc__)
-    parser.add_argument("--gtfine", required=True, help="unzipped gtFine folder (has train/ and val/)")
-    parser.add_argument("--leftimg", required=True, help="unzipped leftImg8bit folder (has train/ and val/)")
-    parser.add_argument("--out", default=str(data_root() / "cityscapes"), help="output dataset folder")
-    parser.add_argument("--size", type=int, default=256, help="square output size (default 256, as the paper)")
-    args = parser.parse_args(argv)
-    path = prepare_cityscapes(args.gtfine, args.leftimg, args.out, args.size)
-    print(f"ready: {path} (trainA/testA label maps, trainB/testB photos)")
     return 0

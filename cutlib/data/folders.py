@@ -16,9 +16,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 
-IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".pgm", ".bmp", ".tif", ".tiff", ".webp")
+from cutlib.images import IMAGE_EXTENSIONS, list_images, load_image, to_tensor
+
 BICUBIC = Image.Resampling.BICUBIC
 
 LAYOUT = """expected layout (the CycleGAN/CUT unaligned layout):
@@ -30,12 +31,6 @@ LAYOUT = """expected layout (the CycleGAN/CUT unaligned layout):
 
 # ----------------------------------------------------------------------------------------------
 # files
-
-
-def list_images(folder: str | Path) -> list[Path]:
-    """All image files under ``folder`` (recursive, any extension case), sorted by path."""
-    folder = Path(folder)
-    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMG_EXTENSIONS and p.is_file())
 
 
 def check_image(path: Path) -> None:
@@ -62,33 +57,6 @@ def readable_images(paths: list[Path], strict: bool = False, stacklevel: int = 3
     if bad:
         warnings.warn(f"skipping {len(bad)} unreadable image file(s): " + "; ".join(bad), stacklevel=stacklevel)
     return good
-
-
-def load_image(path: str | Path, input_nc: int = 3) -> Image.Image:
-    """Open an image as RGB (or "L" when ``input_nc == 1``), EXIF orientation applied.
-
-    Grayscale, palette, CMYK and RGBA files are converted (alpha is dropped, as the reference does);
-    16-bit grayscale is scaled to 8 bits.
-    """
-    if input_nc not in (1, 3):
-        raise ValueError(f"input_nc must be 1 or 3, got {input_nc}")
-    with Image.open(path) as img:
-        img = ImageOps.exif_transpose(img)
-        if img.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16/32-bit integer grayscale
-            arr = np.asarray(img, dtype=np.float64)
-            scale = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
-            img = Image.fromarray(np.clip(arr / scale * 255.0 + 0.5, 0, 255).astype(np.uint8))
-        if img.mode == "P":
-            img = img.convert("RGBA")  # palette with transparency: go through RGBA first
-        return img.convert("RGB" if input_nc == 3 else "L")
-
-
-def to_tensor(img: Image.Image) -> torch.Tensor:
-    """PIL image -> float tensor (C, H, W) in [-1, 1]."""
-    arr = np.asarray(img, dtype=np.float32)
-    if arr.ndim == 2:
-        arr = arr[:, :, None]
-    return torch.from_numpy(arr.transpose(2, 0, 1) / 127.5 - 1.0)
 
 
 def item_rng(base_seed: int, epoch: int, index: int) -> np.random.Generator:
@@ -125,7 +93,7 @@ def _phase_images(root: Path, phase: str, domain: str, strict: bool) -> list[Pat
     paths = list_images(folder)
     if not paths:
         raise FileNotFoundError(
-            f"image folder {folder} holds no images (extensions {', '.join(IMG_EXTENSIONS)}).\n{LAYOUT}"
+            f"image folder {folder} holds no images (extensions {', '.join(IMAGE_EXTENSIONS)}).\n{LAYOUT}"
         )
     paths = readable_images(paths, strict, stacklevel=4)  # the warning points at the caller of the dataset
     if not paths:
@@ -316,7 +284,7 @@ class ImageFolder(torch.utils.data.Dataset):
         else:
             raise FileNotFoundError(f"image folder or file {self.root} not found")
         if not paths:
-            raise FileNotFoundError(f"no images (extensions {', '.join(IMG_EXTENSIONS)}) under {self.root}")
+            raise FileNotFoundError(f"no images (extensions {', '.join(IMAGE_EXTENSIONS)}) under {self.root}")
         self.paths = readable_images(paths, strict)
         if not self.paths:
             raise FileNotFoundError(f"no readable image under {self.root}")

@@ -22,7 +22,7 @@ from torch.nn.functional import l1_loss
 
 from cutlib.config import TrainConfig
 from cutlib.losses import d_loss, g_loss
-from cutlib.models import adam, build_discriminator, build_generator
+from cutlib.networks import build_discriminator, build_generator, build_optimizer
 
 
 def normal_init(module: nn.Module, gain: float = 0.02) -> nn.Module:
@@ -103,10 +103,15 @@ class CycleGANModel(nn.Module):
         self.to(device)
         # one optimiser for both generators and one for both discriminators, as the original code
         self.optimizers = {
-            "G": adam([*self.G.parameters(), *self.F.parameters()], cfg),
-            "D": adam([*self.D_Y.parameters(), *self.D_X.parameters()], cfg),
+            "G": build_optimizer([*self.G.parameters(), *self.F.parameters()], cfg),
+            "D": build_optimizer([*self.D_Y.parameters(), *self.D_X.parameters()], cfg),
         }
         self.rng = torch.Generator().manual_seed(cfg.seed)  # the pools' draws: checkpointed by the trainer
+
+    ddp_networks = ("G", "F", "D_X", "D_Y")  # under torchrun; the image pools stay per process (own history)
+
+    def check_distributed(self) -> None:
+        """Every CycleGAN configuration trains on several processes."""
 
     @property
     def networks(self) -> dict[str, nn.Module]:

@@ -19,7 +19,7 @@ from torch import Tensor
 
 from cutlib.config import TrainConfig
 from cutlib.losses import d_loss, r1_penalty
-from cutlib.models import CUTModel
+from cutlib.models.cut import CUTModel
 
 
 class SinCUTModel(CUTModel):

@@ -1,11 +1,9 @@
-"""The training objectives: one class per method, each with a ``training_step`` that does the
-discriminator update, then the generator (and head) update (REFERENCE.md section 5).
+"""CUT and FastCUT (paper Sec. 3, Eq. 5): the discriminator update, then the generator and head
+update against the updated discriminator (REFERENCE.md section 5).
 
-    CUTModel       CUT and FastCUT (GAN + multilayer PatchNCE, optional NCE identity, flip equivariance)
-    CycleGANModel  the baseline (cutlib/cyclegan.py)      SinCUTModel  single-image CUT (cutlib/sincut.py)
-
-Every model exposes ``networks`` (name -> module, saved in checkpoints), ``optimizers`` (name ->
-optimizer) and ``translate(x)``; the trainer in cutlib.train needs nothing else.
+The model exposes what the trainer needs and nothing else: ``networks`` (name -> module, saved in
+checkpoints), ``optimizers`` (name -> optimizer), ``training_step(batch)``, ``translate(x)``, and
+``ddp_networks`` / ``check_distributed()`` for several processes (cutlib.distributed).
 """
 
 from __future__ import annotations
@@ -18,32 +16,7 @@ from torch import Tensor, nn
 from cutlib.config import TrainConfig
 from cutlib.losses import d_loss, g_loss
 from cutlib.nce import MomentumQueue, ProjectionHeads, multilayer_patch_nce
-from cutlib.networks import PatchGANDiscriminator, ResnetGenerator
-
-
-def linear_decay(epoch: int, n_epochs: int, n_epochs_decay: int) -> float:
-    """Learning-rate factor in (1-based) epoch k: 1 - max(0, k - n_epochs) / (n_epochs_decay + 1)."""
-    return 1.0 - max(0, epoch - n_epochs) / float(n_epochs_decay + 1)
-
-
-def build_generator(cfg: TrainConfig) -> nn.Module:
-    if cfg.netG == "resnet":
-        return ResnetGenerator(cfg.input_nc, cfg.output_nc, cfg.ngf, cfg.n_blocks, antialias=cfg.antialias)
-    from cutlib.stylegan2 import StyleGAN2Generator
-
-    return StyleGAN2Generator(cfg.input_nc, cfg.output_nc, ngf=cfg.ngf)
-
-
-def build_discriminator(cfg: TrainConfig) -> nn.Module:
-    if cfg.netD == "patchgan":
-        return PatchGANDiscriminator(cfg.output_nc, cfg.ndf, cfg.n_layers_D, antialias=cfg.antialias)
-    from cutlib.stylegan2 import StyleGAN2Discriminator
-
-    return StyleGAN2Discriminator(cfg.output_nc, ndf=cfg.ndf, size=cfg.crop_size)
-
-
-def adam(params, cfg: TrainConfig) -> torch.optim.Adam:
-    return torch.optim.Adam(params, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
+from cutlib.networks import build_discriminator, build_generator, build_optimizer
 
 
 class CUTModel(nn.Module):
@@ -66,10 +39,21 @@ class CUTModel(nn.Module):
         if not cfg.share_encoder:
             g_params += list(self.G_q.parameters())
             h_params += list(self.H_q.parameters())
-        self.optimizers = {"G": adam(g_params, cfg), "D": adam(self.D.parameters(), cfg), "H": adam(h_params, cfg)}
+        self.optimizers = {"G": build_optimizer(g_params, cfg), "D": build_optimizer(self.D.parameters(), cfg),
+                           "H": build_optimizer(h_params, cfg)}
         # randomness of the objective (patch locations, flips) has its own generator: checkpointed
         self.rng = torch.Generator().manual_seed(cfg.seed)
-        self.reuse_key_taps = True  # False recomputes the keys with a second encoder pass (tests compare)
+
+    ddp_networks = ("G", "D", "H")  # wrapped in DistributedDataParallel under torchrun
+
+    def check_distributed(self) -> None:
+        """Refuse the configurations whose state would drift apart between processes."""
+        if self.cfg.negatives != "internal" or not self.cfg.share_encoder:
+            raise ValueError(
+                "several processes support negatives='internal' with share_encoder=True only: the momentum queue "
+                "(external negatives) and the separate query encoder (used through encode() alone) would not be "
+                "synchronised. Run these ablations in one process"
+            )
 
     @property
     def networks(self) -> dict[str, nn.Module]:
@@ -137,7 +121,7 @@ class CUTModel(nn.Module):
         self.optimizers["G"].zero_grad(set_to_none=True)
         self.optimizers["H"].zero_grad(set_to_none=True)
         loss_gan = g_loss(self.D(fake), cfg.gan_mode) * cfg.lambda_gan
-        if flipped or not self.reuse_key_taps:
+        if flipped:
             # the forward pass saw the flipped input; the reference's keys come from the unflipped one
             keys = self.G.encode(torch.cat([x, y]) if self.identity_pass else x, self.taps)
         else:
@@ -160,23 +144,3 @@ class CUTModel(nn.Module):
             self.queue.update(self.G, self.H)
             self.queue.enqueue(self.queue.key_features(x, self.taps, cfg.num_patches, self.rng))
         return losses
-
-
-def model_class(name: str) -> type:
-    """The objective class called ``name``: cut (CUT and FastCUT), cyclegan, sincut."""
-    if name == "cut":
-        return CUTModel
-    if name == "cyclegan":
-        from cutlib.cyclegan import CycleGANModel
-
-        return CycleGANModel
-    if name == "sincut":
-        from cutlib.sincut import SinCUTModel
-
-        return SinCUTModel
-    raise ValueError(f"unknown model {name!r}; valid: cut, cyclegan, sincut")
-
-
-def build_model(cfg: TrainConfig, device: torch.device | str = "cpu") -> nn.Module:
-    """The objective for ``cfg.model`` with its networks on ``device``."""
-    return model_class(cfg.model)(cfg, device)

@@ -1,0 +1,35 @@
+"""The training objectives, one class per method, and the registry that names them.
+
+    cut       CUTModel       CUT and FastCUT: GAN + multilayer PatchNCE (cutlib/models/cut.py)
+    cyclegan  CycleGANModel  the baseline of the paper's Table 1 (cutlib/models/cyclegan.py)
+    sincut    SinCUTModel    CUT on one image per domain (cutlib/models/sincut.py)
+
+``TrainConfig.model`` names the class; ``build_model(cfg)`` builds it with its networks.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from cutlib.config import TrainConfig
+from cutlib.models.cut import CUTModel
+from cutlib.models.cyclegan import CycleGANModel
+from cutlib.models.sincut import SinCUTModel
+
+MODELS: dict[str, type[nn.Module]] = {"cut": CUTModel, "cyclegan": CycleGANModel, "sincut": SinCUTModel}
+
+
+def model_class(name: str) -> type[nn.Module]:
+    """The objective class called ``name``: cut (CUT and FastCUT), cyclegan, sincut."""
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; valid: {', '.join(MODELS)}")
+    return MODELS[name]
+
+
+def build_model(cfg: TrainConfig, device: torch.device | str = "cpu") -> nn.Module:
+    """The objective for ``cfg.model`` with its networks on ``device``."""
+    return model_class(cfg.model)(cfg, device)
+
+
+__all__ = ["MODELS", "CUTModel", "CycleGANModel", "SinCUTModel", "build_model", "model_class"]
