@@ -35,6 +35,7 @@ from pathlib import Path
 import torch
 
 from cutlib import config as C
+from cutlib.options import ConfigParser, add_config_options, overrides_from_args
 
 # Paper Table 1 (GTX 1080Ti, 256 px, batch 1): seconds per iteration and GPU memory in GB (REFERENCE.md section 8)
 PAPER = {"cyclegan": (0.40, 4.81), "cut": (0.24, 3.33), "fastcut": (0.15, 2.25)}
@@ -234,10 +235,11 @@ def format_table(rows: list[dict]) -> str:
 
 # ----------------------------------------------------------------- command line
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ConfigParser(
         prog="python -m cutlib bench",
         description="Seconds per iteration and peak memory of training presets (the paper's Table 1), on synthetic batches.",
-        epilog="Any TrainConfig field is also an option (--ngf 16 --n-blocks 6 ...), except crop/load size (--size) and device.",
+        epilog="The training settings are applied to every preset (--ngf 16 --n-blocks 6 ...); crop and load size "
+               "come from --size, the device from --device and the seed from --seed.",
     )
     p.add_argument("--presets", default="cut,fastcut,cyclegan", help="comma-separated presets (default cut,fastcut,cyclegan)")
     p.add_argument("--size", type=int, default=256, help="image size in px, a multiple of 4 (default 256)")
@@ -245,20 +247,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=1, help="untimed iterations first (default 1)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: cuda when available)")
     p.add_argument("--json", default=None, metavar="OUT.json", help="also write the machine, settings and rows as JSON")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the synthetic batches and of the networks (default 0)")
     p.add_argument("--in-process", action="store_true", help="measure every preset in this process (faster; CPU memory "
                    "then misses what a preset reuses of the memory the earlier ones freed)")
-    for name in C.FIELDS:
-        flag = "--" + name.replace("_", "-")
-        aliases = [flag] + (["--" + name] if "_" in name else [])
-        if flag not in ("--device", "--seed"):
-            p.add_argument(*aliases, dest="cfg_" + name, default=None, metavar=name.upper(), help=argparse.SUPPRESS)
+    # crop/load size stay accepted (not listed) so that bench_config can point to --size
+    add_config_options(p, exclude=("device", "seed"), hide=sorted(set(FIXED) - {"device"}))
     return p
 
 
 def cli(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
-    overrides = {k[4:]: v for k, v in vars(args).items() if k.startswith("cfg_") and v is not None}
+    overrides = overrides_from_args(args)
     try:
         rows = bench(args.presets, args.size, args.steps, args.device, args.warmup, isolate=not args.in_process,
                      seed=args.seed, progress=True, **overrides)
