@@ -40,12 +40,15 @@ EVAL_FILE = "eval.json"
 
 
 def default_notebook() -> Path:
-    """notebooks/run_experiment.ipynb of the repository cutlib runs from."""
+    """The runner: notebooks/run_experiment.ipynb in a clone; in an installed wheel the same file, shipped
+    as cutlib/notebooks/run_experiment.ipynb (pyproject.toml maps notebooks/ there)."""
     root = repo_root()
-    if root is None:
-        raise FileNotFoundError("the grid executes notebooks/run_experiment.ipynb of a clone of the repository; "
-                                "cutlib is not running from one: set \"notebook\" in the grid file")
-    return root / "notebooks" / "run_experiment.ipynb"
+    folder = root / "notebooks" if root is not None else Path(__file__).resolve().parent / "notebooks"
+    path = folder / "run_experiment.ipynb"
+    if not path.is_file():
+        raise FileNotFoundError(f"the grid's runner notebook {path} is missing; reinstall cutlib "
+                                "or set \"notebook\" in the grid file to a copy of run_experiment.ipynb")
+    return path
 
 
 def notebook_parameters(notebook: str | Path) -> set[str]:

@@ -1,7 +1,9 @@
 """Where the course keeps datasets and runs.
 
-Inside a clone of the repository these are ``<repo>/data`` and ``<repo>/runs``; the environment
-variables ``CUTLIB_DATA`` and ``CUTLIB_RUNS`` override them (e.g. on a GPU server with a big disk).
+Inside a clone of the repository these are ``<repo>/data`` and ``<repo>/runs``; an installed package
+(a wheel, not editable) uses ``~/.cache/cutlib/data`` and ``~/.cache/cutlib/runs``. The environment
+variables ``CUTLIB_DATA`` and ``CUTLIB_RUNS`` override both (e.g. on a GPU server with a big disk).
+Files the library itself reads (the dataset catalog, the grid's runner notebook) are package data.
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 
 
 def repo_root() -> Path | None:
-    """The repository root when cutlib runs from a clone (editable install), else None."""
+    """The repository root when cutlib runs from a clone (editable install or PYTHONPATH), else None
+    (an installed wheel: its parent is site-packages, which has no pyproject.toml and notebooks/)."""
     root = PACKAGE_DIR.parent
     return root if (root / "pyproject.toml").is_file() and (root / "notebooks").is_dir() else None
 

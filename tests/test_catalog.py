@@ -1,14 +1,16 @@
-"""data/catalog.json (honest, complete metadata) and resolve_dataset (name or folder -> dataset folder)."""
+"""cutlib/data/catalog.json (honest, complete metadata; package data) and resolve_dataset (name or folder -> dataset folder)."""
 
 from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+import cutlib.data.catalog as catalog_module
 from cutlib.__main__ import main
 from cutlib.data import get_entry, load_catalog, make_dataset, resolve_dataset
 from cutlib.data.catalog import catalog_path
@@ -33,6 +35,24 @@ def test_catalog_lists_the_papers_datasets_with_required_fields():
             assert urls and all(u.startswith(("http://", "https://")) for u in urls), name
     assert get_entry("cityscapes")["kind"] == "instructions"
     assert get_entry("horse2zebra")["url"].endswith("/horse2zebra.zip")
+
+
+def test_catalog_is_package_data_beside_the_module():
+    path = catalog_path()
+    assert path.parent == Path(catalog_module.__file__).resolve().parent and path.is_file()
+
+
+def test_a_plain_folder_resolves_without_the_catalog(tmp_path, monkeypatch):
+    for split in ("trainA", "trainB"):
+        (tmp_path / "mine" / split).mkdir(parents=True)
+        Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / "mine" / split / "x.png")
+    monkeypatch.setattr(catalog_module, "catalog_path", lambda: tmp_path / "no_catalog_here.json")
+    assert resolve_dataset(tmp_path / "mine") == tmp_path / "mine"
+    assert resolve_dataset(str(tmp_path / "mine")) == tmp_path / "mine"
+    with pytest.raises(FileNotFoundError, match="trainA"):  # a folder without the layout: its own error
+        resolve_dataset(tmp_path)
+    with pytest.raises(FileNotFoundError, match="no_catalog_here"):  # a name does need the catalog
+        resolve_dataset("horse2zebra")
 
 
 def test_sincut_pair_checksums_match_the_real_files(monet_etretat):

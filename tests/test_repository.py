@@ -49,6 +49,32 @@ def test_ci_calls_the_readme_test_command():
     assert "make test" in readme and "make demo" in readme
 
 
+def test_pyproject_ships_every_subpackage_and_its_data():
+    setup = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+    on_disk = {".".join(p.parent.relative_to(REPO).parts) for p in (REPO / "cutlib").rglob("__init__.py")}
+    assert on_disk <= set(setup["packages"]), (
+        f"add {sorted(on_disk - set(setup['packages']))} to [tool.setuptools] packages in pyproject.toml")
+    for package, patterns in setup["package-data"].items():
+        folder = REPO / setup.get("package-dir", {}).get(package, package.replace(".", "/"))
+        for pattern in patterns:
+            assert list(folder.glob(pattern)), f"package data of {package}: {pattern} matches nothing in {folder}"
+
+
+def test_a_clone_is_detected_and_the_grid_runs_the_course_notebook(monkeypatch):
+    from cutlib.data.catalog import catalog_path
+    from cutlib.grid import default_notebook
+    from cutlib.paths import data_root, repo_root, runs_root
+
+    assert repo_root() == REPO
+    assert default_notebook() == REPO / "notebooks" / "run_experiment.ipynb"
+    assert catalog_path() == REPO / "cutlib" / "data" / "catalog.json"
+    monkeypatch.delenv("CUTLIB_DATA", raising=False)
+    monkeypatch.delenv("CUTLIB_RUNS", raising=False)
+    assert (data_root(), runs_root()) == (REPO / "data", REPO / "runs")
+    monkeypatch.setenv("CUTLIB_DATA", "/big/disk/data")
+    assert data_root() == Path("/big/disk/data")
+
+
 def test_there_are_notebooks():
     assert NOTEBOOKS, "no notebooks found"
 

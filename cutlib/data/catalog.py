@@ -1,4 +1,4 @@
-"""The catalog of real datasets (data/catalog.json) and how a dataset name becomes a folder.
+"""The dataset catalog (catalog.json, package data beside this module) and how a name becomes a folder.
 
 Each entry has: name, kind ("dataset" | "pretrained" | "instructions"), url, sha256 (null when
 unknown), size_bytes, licence, citation, layout; optionally md5, files, rearrange, instructions.
@@ -19,8 +19,8 @@ KINDS = ("dataset", "pretrained", "instructions")
 
 
 def catalog_path() -> Path:
-    """data/catalog.json of the repository (shipped beside the package in a clone)."""
-    return PACKAGE_DIR.parent / "data" / "catalog.json"
+    """catalog.json beside this module (package data: a clone and an installed wheel both have it)."""
+    return PACKAGE_DIR / "data" / "catalog.json"
 
 
 @lru_cache(maxsize=None)
@@ -58,12 +58,18 @@ def has_layout(folder: Path) -> bool:
 def resolve_dataset(name_or_path: str | Path, root: str | Path | None = None, size: int = 64, seed: int = 0) -> Path:
     """Turn a built-in name, a catalog name or a folder into a dataset folder.
 
-    Built-in ("stripes", "city"): generated on first use. Catalog name: its downloaded folder under
-    ``root`` (default ``cutlib.paths.data_root()``). Otherwise an existing folder in the A/B layout.
+    Built-in ("stripes", "city"): generated on first use. An existing folder: used as it is (it must
+    have the A/B layout; the catalog is not read). Catalog name: its downloaded folder under ``root``
+    (default ``cutlib.paths.data_root()``).
     """
     name = str(name_or_path)
     if name in BUILTIN:
         return make_dataset(name, root=root, size=size, seed=seed)
+    folder = Path(name_or_path).expanduser()
+    if folder.is_dir():
+        if not has_layout(folder):
+            raise FileNotFoundError(f"{folder} is not a dataset folder.\n{LAYOUT}")
+        return folder
     catalog = load_catalog()
     if name in catalog:
         entry = catalog[name]
@@ -76,11 +82,6 @@ def resolve_dataset(name_or_path: str | Path, root: str | Path | None = None, si
         root_flag = f" --root {root}" if root is not None else ""
         raise FileNotFoundError(f"dataset {name!r} is not downloaded yet (looked in {folder}); "
                                 f"run: python -m cutlib download {name}{root_flag}")
-    folder = Path(name_or_path).expanduser()
-    if folder.is_dir():
-        if not has_layout(folder):
-            raise FileNotFoundError(f"{folder} is not a dataset folder.\n{LAYOUT}")
-        return folder
     raise FileNotFoundError(f"no dataset {name!r}: not a built-in ({', '.join(BUILTIN)}), "
                             f"not in the catalog ({', '.join(sorted(catalog))}), and not an existing folder")
 
