@@ -35,6 +35,7 @@ from pathlib import Path
 import torch
 
 from cutlib import config as C
+from cutlib.device import resolve_device
 from cutlib.options import ConfigParser, add_config_options, overrides_from_args
 
 # Paper Table 1 (GTX 1080Ti, 256 px, batch 1): seconds per iteration and GPU memory in GB (REFERENCE.md section 8)
@@ -69,16 +70,6 @@ def machine_info(device: str = "cpu") -> dict:
     if device.startswith("cuda"):
         info["gpu"] = torch.cuda.get_device_name(torch.device(device))
     return info
-
-
-def _resolve_device(device: str) -> str:
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} was asked for but no CUDA GPU is visible; use --device cpu")
-    if not (device == "cpu" or device.startswith("cuda")):
-        raise ValueError(f"device must be cpu, cuda, cuda:N or auto, got {device!r}")
-    return device
 
 
 def bench_config(preset: str, size: int, device: str = "cpu", **overrides) -> C.TrainConfig:
@@ -117,7 +108,7 @@ def measure(preset: str, size: int = 256, steps: int = 5, warmup: int = 1, devic
     The CPU memory figure is only meaningful in a fresh process (bench(..., isolate=True) does that)."""
     from cutlib.models import build_model
 
-    device = _resolve_device(device)
+    device = str(resolve_device(device))
     cfg = bench_config(preset, size, device, **{"seed": seed, **overrides})
     g = torch.Generator().manual_seed(seed)
     shape = (cfg.batch_size, cfg.input_nc, size, size)
@@ -191,7 +182,7 @@ def bench(presets=("cut", "fastcut", "cyclegan"), size: int = 256, steps: int = 
         raise ValueError(f"steps must be an integer >= 1 and warmup >= 0, got steps={steps!r}, warmup={warmup!r}")
     if not isinstance(size, int) or size < 32:
         raise ValueError(f"size must be an integer of at least 32 px (the PatchGAN needs it), got {size!r}")
-    device = _resolve_device(device)
+    device = str(resolve_device(device))
     for name in presets:  # fail on a bad name or override before any subprocess starts
         bench_config(name, size, device, **overrides)
     rows = []

@@ -27,7 +27,6 @@ from cutlib.files import write_text
 from cutlib.images import to_uint8
 from cutlib.metrics import (
     FeatureExtractor,
-    InceptionExtractor,
     RandomConvExtractor,
     extractor_record,
     feature_statistics,
@@ -35,6 +34,7 @@ from cutlib.metrics import (
     image_features,
     kid,
 )
+from cutlib.inception import InceptionExtractor
 from cutlib.runs import CHECKPOINT, EPOCHS_DIR, EVAL_FILE, load_checkpoint, load_run
 
 EXTRACTORS = ("builtin", "inception", "random")

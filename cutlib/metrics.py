@@ -25,14 +25,7 @@ from tqdm.auto import tqdm
 
 from cutlib import images
 from cutlib.images import IMAGE_EXTENSIONS, list_images, to_tensor
-from cutlib.inception import (  # noqa: F401  (the names FID users look for here)
-    INCEPTION_WEIGHTS_ENV,
-    INCEPTION_WEIGHTS_FILE,
-    INCEPTION_WEIGHTS_URL,
-    InceptionExtractor,
-    InceptionWeightsNotFound,
-    find_inception_weights,
-)
+from cutlib.inception import InceptionExtractor
 
 NOT_COMPARABLE = "features from {name}: compare runs with each other only; only the standard Inception extractor (InceptionExtractor) gives FIDs comparable with published ones"
 COMPARABLE = "pytorch-fid Inception pool3 features: comparable with published FIDs computed the same way (same number of images, split, resizing and file format)"

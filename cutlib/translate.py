@@ -147,7 +147,8 @@ def load_generator(checkpoint: str | Path, device: str | torch.device = "cpu") -
     the name of an authors' model of the catalog once downloaded (e.g. horse2zebra_cut_pretrained).
     """
     from cutlib import config as C
-    from cutlib.networks import build_generator, load_reference_generator
+    from cutlib.networks import build_generator
+    from cutlib.pretrained import load_reference_generator
 
     path = Path(checkpoint).expanduser()
     pretrained = None if path.exists() else _find_pretrained(str(checkpoint))

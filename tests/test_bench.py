@@ -10,10 +10,11 @@ import sys
 import pytest
 import torch
 
+from cutlib import config as C
 from cutlib.bench import PAPER, bench, bench_config, format_table, machine_info, measure
 from cutlib.networks import PatchGANDiscriminator, ResnetGenerator
 
-TINY = dict(ngf=8, ndf=8, n_blocks=5, num_patches=16, netF_nc=32)
+TINY = {k: C.TINY_SCALE[k] for k in ("ngf", "ndf", "n_blocks", "num_patches", "netF_nc")}  # bench sets the sizes
 
 
 def _check_row(row, steps):

@@ -3,7 +3,7 @@
 import pytest
 
 from cutlib import config as C
-from cutlib.models import linear_decay
+from cutlib.train import linear_decay
 
 
 def test_cut_preset_has_the_reference_defaults():

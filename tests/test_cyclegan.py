@@ -11,12 +11,12 @@ import pytest
 import torch
 
 from cutlib import config as C
-from cutlib.cyclegan import CycleGANModel, ImagePool, normal_init
+from cutlib.models.cyclegan import CycleGANModel, ImagePool, normal_init
 from cutlib.data import make_dataset
-from cutlib.train import CHECKPOINT, load_run, train
+from cutlib.runs import CHECKPOINT, load_run
+from cutlib.train import train
 
-TINY = dict(load_size=40, crop_size=32, ngf=8, ndf=8, n_blocks=5, n_epochs=1, n_epochs_decay=1,
-            device="cpu", log_every=1, num_samples=2)
+TINY = {k: v for k, v in C.TINY_SCALE.items() if k != "dataset"}  # the datasets come from fixtures
 
 
 @pytest.fixture(scope="module")

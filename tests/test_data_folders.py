@@ -7,8 +7,16 @@ import pytest
 import torch
 from PIL import Image
 
-from cutlib.data import ImageFolder, SingleImagePair, UnpairedImageFolder, check_batch_size, list_images, load_image
-from cutlib.data.folders import item_rng, to_tensor
+from cutlib.data import (
+    ImageFolder,
+    SingleImagePair,
+    UnpairedImageFolder,
+    check_batch_size,
+    list_images,
+    load_image,
+)
+from cutlib.data.folders import item_rng
+from cutlib.images import to_tensor
 
 
 def _write(path, array, mode=None, **save):

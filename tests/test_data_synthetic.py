@@ -12,7 +12,7 @@ from scipy import ndimage
 
 from cutlib.data import UnpairedImageFolder, make_dataset
 from cutlib.data import synthetic
-from cutlib.data.synthetic import CITY_PALETTE, CITY_USED
+from cutlib.data.city import CITY_PALETTE, CITY_USED
 
 SMALL = dict(size=64, n_train=40, n_test=6)
 

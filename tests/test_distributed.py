@@ -17,10 +17,11 @@ import torch
 from cutlib import config as C
 from cutlib.data import make_dataset
 from cutlib.models import CUTModel
-from cutlib.train import CHECKPOINT, distribute, load_run, setup_distributed, train, unwrap
+from cutlib.runs import CHECKPOINT, load_run
+from cutlib.distributed import distribute, setup_distributed, unwrap
+from cutlib.train import train
 
-TINY = dict(load_size=40, crop_size=32, ngf=8, ndf=8, n_blocks=5, num_patches=16, netF_nc=32,
-            n_epochs=1, n_epochs_decay=1, device="cpu", log_every=1, num_samples=2)
+TINY = {k: v for k, v in C.TINY_SCALE.items() if k != "dataset"}  # the datasets come from fixtures
 
 
 @pytest.fixture(scope="module")

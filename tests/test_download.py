@@ -24,8 +24,8 @@ from cutlib.data.download import (
     download_archive,
     download_dataset,
     download_file,
-    prepare_cityscapes,
 )
+from cutlib.data.cityscapes import prepare_cityscapes
 
 FAST = dict(retries=2, backoff=0.0, timeout=5, progress=False)
 

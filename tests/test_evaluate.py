@@ -15,33 +15,33 @@ import torch
 from cutlib import config as C
 from cutlib.__main__ import main
 from cutlib.data import make_dataset
-from cutlib.evaluate import (
-    STRIPED,
+from cutlib.benchmarks import (
     BuiltinEvaluator,
     SmallUNet,
+    STRIPED,
     animal_fractions,
-    benchmark_of,
     city_scores,
-    evaluate_run,
     evaluator_cache_path,
-    extractor_record,
     load_evaluator,
-    load_split,
-    make_extractor,
-    read_images,
-    read_labels,
-    run_checkpoints,
     stripes_scores,
     train_evaluator,
-    translate_images,
-    translate_run,
 )
-from cutlib.metrics import INCEPTION_WEIGHTS_FILE, FeatureExtractor, RandomConvExtractor, feature_statistics, frechet_distance, image_features
-from cutlib.train import load_run, train
+from cutlib.data.splits import benchmark_of, load_split, read_images, read_labels
+from cutlib.evaluate import evaluate_run, make_extractor, run_checkpoints, translate_images, translate_run
+from cutlib.metrics import extractor_record
+from cutlib.inception import INCEPTION_WEIGHTS_FILE
+from cutlib.metrics import (
+    FeatureExtractor,
+    RandomConvExtractor,
+    feature_statistics,
+    frechet_distance,
+    image_features,
+)
+from cutlib.runs import load_run
+from cutlib.train import train
 
 SIZE = 32  # evaluation size of the tiny runs (their crop size)
-TINY = dict(load_size=40, crop_size=SIZE, ngf=8, ndf=8, n_blocks=5, num_patches=16, netF_nc=32,
-            n_epochs=1, n_epochs_decay=1, device="cpu", log_every=10, num_samples=2)
+TINY = {k: v for k, v in C.TINY_SCALE.items() if k != "dataset"}  # the datasets come from fixtures
 
 
 @pytest.fixture(scope="module")

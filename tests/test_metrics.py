@@ -13,29 +13,31 @@ import torchvision
 from PIL import Image
 from torch import nn
 
-from cutlib.metrics import (
+from cutlib.inception import (
     INCEPTION_WEIGHTS_ENV,
     INCEPTION_WEIGHTS_FILE,
     INCEPTION_WEIGHTS_URL,
-    FeatureExtractor,
     InceptionExtractor,
     InceptionWeightsNotFound,
+    find_inception_weights,
+    inception_weights_dir,
+    pytorch_fid_inception,
+)
+from cutlib.metrics import (
+    FeatureExtractor,
     RandomConvExtractor,
     confusion_matrix,
     feature_statistics,
     fid,
-    find_inception_weights,
     frechet_distance,
     image_features,
     image_files,
-    inception_weights_dir,
     kid,
     kid_score,
     kid_subset_size,
     load_image,
     mmd2_unbiased,
     polynomial_kernel,
-    pytorch_fid_inception,
     scores_from_confusion,
     segmentation_scores,
 )

@@ -13,7 +13,6 @@ from torch import nn
 
 from cutlib.nce import ProjectionHeads
 from cutlib.networks import (
-    DEFAULT_TAPS,
     BlurDownsample,
     BlurUpsample,
     PatchGANDiscriminator,
@@ -57,7 +56,7 @@ def test_five_heads_have_about_0_56_million_parameters():
 
 def test_default_taps_sit_at_the_reference_indices_0_4_8_12_16():
     G = ResnetGenerator(ngf=4)
-    assert [G.tap_names.index(t) for t in DEFAULT_TAPS] == [0, 4, 8, 12, 16]
+    assert [G.tap_names.index(t) for t in ResnetGenerator.DEFAULT_TAPS] == [0, 4, 8, 12, 16]
     layers = list(G.layers.values())
     assert len(layers) == 32  # indices 0..31 of the reference's list
     assert isinstance(layers[0], nn.ReflectionPad2d) and isinstance(layers[4], nn.Conv2d)
@@ -112,7 +111,7 @@ def test_taps_are_the_outputs_of_the_reference_indices(small_G):
     for layer in small_G.layers.values():
         h = layer(h)
         outputs.append(h)
-    for tap, feat in zip(DEFAULT_TAPS, small_G.encode(x)):
+    for tap, feat in zip(ResnetGenerator.DEFAULT_TAPS, small_G.encode(x)):
         assert torch.equal(feat, outputs[small_G.tap_names.index(tap)])
     assert torch.equal(outputs[0], F.pad(x, (3, 3, 3, 3), mode="reflect"))  # "rgb" is the padded input
     assert torch.equal(outputs[-1], small_G(x))
@@ -139,7 +138,7 @@ def test_encode_stops_after_the_last_tap(small_G):
 
 
 def test_gradients_flow_into_every_parameter(small_G):
-    image, feats = small_G(torch.randn(1, 3, 16, 16), DEFAULT_TAPS)
+    image, feats = small_G(torch.randn(1, 3, 16, 16), ResnetGenerator.DEFAULT_TAPS)
     (image.sum() + sum(f.sum() for f in feats)).backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in small_G.parameters())
 
@@ -250,14 +249,14 @@ def measured_receptive_field(net: nn.Module, run, size: int) -> int:
 @pytest.mark.parametrize("antialias", [True, False])
 def test_receptive_fields_of_the_taps_match_a_gradient_measurement(antialias):
     G = ResnetGenerator(ngf=2, n_blocks=5, antialias=antialias)
-    for tap in DEFAULT_TAPS:
+    for tap in ResnetGenerator.DEFAULT_TAPS:
         measured = measured_receptive_field(G, lambda net, x: net.encode(x, (tap,))[0], size=160)
         assert receptive_field(G, tap) == measured, tap
 
 
 def test_receptive_fields_are_the_papers_1_9_15_35_99():
     G = ResnetGenerator(ngf=2, n_blocks=9)
-    assert [receptive_field(G, t) for t in DEFAULT_TAPS] == [1, 9, 15, 35, 99]
+    assert [receptive_field(G, t) for t in ResnetGenerator.DEFAULT_TAPS] == [1, 9, 15, 35, 99]
 
 
 @pytest.mark.parametrize("antialias", [True, False])

@@ -15,8 +15,14 @@ from dataclasses import dataclass
 import pytest
 
 from cutlib import config as C
-from cutlib.options import (ConfigParser, add_config_options, default_text, field_comments, overrides_from_args,
-                            type_text)
+from cutlib.options import (
+    ConfigParser,
+    add_config_options,
+    default_text,
+    field_comments,
+    overrides_from_args,
+    type_text,
+)
 
 
 def _source_comments() -> dict[str, str]:

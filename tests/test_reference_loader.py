@@ -12,7 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cutlib.networks import ResnetGenerator, load_reference_generator, to_reference_state_dict
+from cutlib.networks import ResnetGenerator
+from cutlib.pretrained import load_reference_generator, to_reference_state_dict
 
 
 def binomial(a: list[float]) -> torch.Tensor:

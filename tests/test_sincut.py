@@ -19,9 +19,10 @@ from cutlib import config as C
 from cutlib.data import SingleImagePair
 from cutlib.models import build_model, model_class
 from cutlib.nce import sample_patches
-from cutlib.sincut import SinCUTModel
-from cutlib.stylegan2 import SINCUT_TAPS, StyleGAN2Discriminator, StyleGAN2Generator
-from cutlib.train import CHECKPOINT, load_run, train
+from cutlib.models.sincut import SinCUTModel
+from cutlib.stylegan2 import StyleGAN2Discriminator, StyleGAN2Generator
+from cutlib.runs import CHECKPOINT, load_run
+from cutlib.train import train
 from cutlib.translate import load_generator, translate_image
 
 # small networks, few crops: every SinCUT code path at a fraction of a second per step
@@ -56,7 +57,7 @@ def test_sincut_preset_has_the_reference_values():
     cfg = C.SinCUT()
     assert (cfg.model, cfg.netG, cfg.netD, cfg.ngf, cfg.ndf) == ("sincut", "stylegan2", "stylegan2", 10, 8)
     assert (cfg.gan_mode, cfg.lambda_gan, cfg.lambda_r1) == ("nonsaturating", 1.0, 1.0)
-    assert (cfg.lambda_nce, cfg.nce_layers, cfg.num_patches, cfg.negatives_from_batch) == (4.0, SINCUT_TAPS, 1, True)
+    assert (cfg.lambda_nce, cfg.nce_layers, cfg.num_patches, cfg.negatives_from_batch) == (4.0, StyleGAN2Generator.DEFAULT_TAPS, 1, True)
     assert (cfg.nce_idt, cfg.lambda_idt_l1, cfg.nce_t, cfg.netF_nc) == (True, 1.0, 0.07, 256)
     assert (cfg.lr, cfg.beta1, cfg.beta2, cfg.batch_size) == (0.002, 0.0, 0.99, 16)
     assert (cfg.crop_size, cfg.flip, cfg.n_epochs, cfg.n_epochs_decay, cfg.dataset_len) == (64, True, 8, 8, 100_000)
@@ -131,7 +132,7 @@ def test_one_step_equals_the_hand_computed_objective():
 
     x, y = batch["A"], batch["B"]
     torch.manual_seed(5)  # the same noise as the model's forward pass
-    fake_all, taps = G0(torch.cat([x, y]), taps=SINCUT_TAPS)
+    fake_all, taps = G0(torch.cat([x, y]), taps=StyleGAN2Generator.DEFAULT_TAPS)
     fake, idt = fake_all[:4], fake_all[4:]
     # D step, by hand
     y_r = y.clone().requires_grad_(True)
@@ -148,8 +149,8 @@ def test_one_step_equals_the_hand_computed_objective():
     # G and H step, by hand, with the discriminator as updated by the model
     gen = torch.Generator().set_state(rng_state)
     gan_g = F.softplus(-model.D(fake)).mean()
-    nce_x = _nce_by_hand(H0, G0.encode(fake, SINCUT_TAPS), [t[:4] for t in taps], gen)
-    nce_y = _nce_by_hand(H0, G0.encode(idt, SINCUT_TAPS), [t[4:] for t in taps], gen)
+    nce_x = _nce_by_hand(H0, G0.encode(fake, StyleGAN2Generator.DEFAULT_TAPS), [t[:4] for t in taps], gen)
+    nce_y = _nce_by_hand(H0, G0.encode(idt, StyleGAN2Generator.DEFAULT_TAPS), [t[4:] for t in taps], gen)
     l1 = (idt - y).abs().mean()
     total = gan_g + 0.5 * (nce_x + nce_y) + l1
     G0.zero_grad()

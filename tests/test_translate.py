@@ -19,14 +19,15 @@ from cutlib import config as C
 from cutlib.__main__ import main
 from cutlib.data import get_entry, list_images, load_image, make_dataset
 from cutlib.data.download import download_dataset
-from cutlib.data.folders import to_tensor
-from cutlib.networks import ResnetGenerator, to_reference_state_dict
+from cutlib.images import to_tensor
+from cutlib.networks import ResnetGenerator
+from cutlib.pretrained import to_reference_state_dict
 from cutlib.stylegan2 import StyleGAN2Generator
-from cutlib.train import CHECKPOINT, load_run, train
+from cutlib.runs import CHECKPOINT, load_run
+from cutlib.train import train
 from cutlib.translate import load_generator, output_paths, pad_to_multiple, translate_image
 
-TINY = dict(load_size=40, crop_size=32, ngf=8, ndf=8, n_blocks=5, num_patches=16, netF_nc=32,
-            n_epochs=1, n_epochs_decay=1, device="cpu", log_every=1, num_samples=2)
+TINY = {k: v for k, v in C.TINY_SCALE.items() if k != "dataset"}  # the datasets come from fixtures
 
 
 @pytest.fixture(scope="module")

@@ -28,7 +28,7 @@ BOOK = REPO / "book"
 STAGE = BOOK / "_build" / "src"
 # the public modules of cutlib documented on the reference page (those that exist are listed)
 API_MODULES = ["nce", "networks", "losses", "config", "models", "cyclegan", "sincut", "stylegan2", "train",
-               "data", "metrics", "evaluate", "translate", "viz", "widgets"]
+               "data", "metrics", "evaluate", "translate", "viz", "results"]
 
 
 def chapter_notebooks(folder: Path = REPO / "notebooks") -> list[Path]:

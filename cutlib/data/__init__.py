@@ -7,14 +7,8 @@
 from cutlib.data.catalog import get_entry, load_catalog, resolve_dataset
 from cutlib.data.cityscapes import prepare_cityscapes
 from cutlib.data.download import download_archive, download_dataset
-from cutlib.data.folders import (
-    ImageFolder,
-    SingleImagePair,
-    UnpairedImageFolder,
-    check_batch_size,
-    list_images,
-    load_image,
-)
+from cutlib.data.folders import ImageFolder, SingleImagePair, UnpairedImageFolder, check_batch_size
+from cutlib.images import list_images, load_image
 from cutlib.data.synthetic import BUILTIN, make_dataset
 
 

@@ -11,7 +11,8 @@ import json
 from functools import lru_cache
 from pathlib import Path
 
-from cutlib.data.folders import LAYOUT, list_images
+from cutlib.data.folders import LAYOUT
+from cutlib.images import list_images
 from cutlib.data.synthetic import BUILTIN, make_dataset
 from cutlib.paths import PACKAGE_DIR, data_root
 

@@ -82,6 +82,14 @@ class CUTModel(nn.Module):
         )
         return result.loss
 
+    def nce_keys(self, taps_real: list[Tensor], x: Tensor, y: Tensor, flipped: bool) -> list[Tensor]:
+        """The NCE keys: the input's taps, reused from the forward pass (the reference encodes the input
+        a second time, with the same result). On a flipped iteration the forward pass saw the flipped
+        input, while the reference's keys come from the unflipped one: they are computed again."""
+        if not flipped:
+            return taps_real
+        return self.G.encode(torch.cat([x, y]) if self.identity_pass else x, self.taps)
+
     @property
     def identity_pass(self) -> bool:
         """Whether G also translates y (for the NCE identity term)."""
@@ -121,11 +129,7 @@ class CUTModel(nn.Module):
         self.optimizers["G"].zero_grad(set_to_none=True)
         self.optimizers["H"].zero_grad(set_to_none=True)
         loss_gan = g_loss(self.D(fake), cfg.gan_mode) * cfg.lambda_gan
-        if flipped:
-            # the forward pass saw the flipped input; the reference's keys come from the unflipped one
-            keys = self.G.encode(torch.cat([x, y]) if self.identity_pass else x, self.taps)
-        else:
-            keys = taps_real
+        keys = self.nce_keys(taps_real, x, y, flipped)
         loss_nce = loss_nce_x = self.nce_loss([k[:b] for k in keys], fake, flipped)
         losses.update(G_GAN=loss_gan.item(), NCE=loss_nce_x.item())
         if cfg.nce_idt:

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from cutlib import grid as G
-from cutlib import widgets as Wd
+from cutlib import results as Wd
 
 VARIANTS = ["CUT", "FastCUT", "no_id", "last_layer", "external", "internal+external"]
 
