@@ -38,7 +38,7 @@ from cutlib import config as C
 from cutlib.device import resolve_device
 from cutlib.options import ConfigParser, add_config_options, overrides_from_args
 
-# Paper Table 1 (GTX 1080Ti, 256 px, batch 1): seconds per iteration and GPU memory in GB (REFERENCE.md section 8)
+# Paper Table 1 (GTX 1080Ti, 256 px, batch 1): seconds per iteration and GPU memory in GB (book/reference.md section 8)
 PAPER = {"cyclegan": (0.40, 4.81), "cut": (0.24, 3.33), "fastcut": (0.15, 2.25)}
 BASELINE = "cyclegan"
 # fields the bench sets itself; use --size and --device instead

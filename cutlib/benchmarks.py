@@ -1,5 +1,5 @@
 """The built-in benchmarks' evaluators: they know the truth about every test image, so they measure
-what FID only hints at (REFERENCE.md section 8).
+what FID only hints at (book/reference.md section 8).
 
     stripes  a small segmenter (background / smooth-coated animal / striped animal) finds the animal
              in each output: is it where the input's animal was (preservation IoU), is it striped

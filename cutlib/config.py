@@ -1,4 +1,4 @@
-"""Every hyper-parameter of a training run in one dataclass, and the presets (REFERENCE.md section 5).
+"""Every hyper-parameter of a training run in one dataclass, and the presets (book/reference.md section 5).
 
 A preset is a plain function returning a TrainConfig; overrides go through ``override(cfg, **kw)``,
 which rejects unknown names and ill-typed values with a message that lists the valid choices.
@@ -21,7 +21,7 @@ from cutlib.stylegan2 import StyleGAN2Generator
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """All settings of a run. Defaults are the reference's CUT settings (REFERENCE.md section 5).
+    """All settings of a run. Defaults are the reference's CUT settings (book/reference.md section 5).
 
     A TrainConfig checks its values when it is made (``__post_init__``), so every config that exists
     is valid; ``override`` also parses strings and checks types.
@@ -118,7 +118,7 @@ def CycleGAN(**overrides) -> TrainConfig:
 
 
 def SinCUT(**overrides) -> TrainConfig:
-    """SinCUT (REFERENCE.md section 7): one image per domain, StyleGAN2 networks (ngf 10, ndf 8) on
+    """SinCUT (book/reference.md section 7): one image per domain, StyleGAN2 networks (ngf 10, ndf 8) on
     16 random 64x64 crops per step, non-saturating GAN + R1, PatchNCE x4 on one location per layer
     per crop with the other crops as negatives, NCE and L1 identity, Adam 0.002 (0, 0.99), 8 + 8
     "epochs" of 100,000 crops."""

@@ -1,5 +1,5 @@
 """Evaluating a run: FID/KID, and on the built-in datasets the scores against their ground truth
-(cutlib.benchmarks; REFERENCE.md section 8).
+(cutlib.benchmarks; book/reference.md section 8).
 
     python -m cutlib evaluate RUN_DIR [--split test] [--extractor builtin|inception|random] [--epochs all|final]
 writes RUN_DIR/eval.json with the final and the best epoch (papers often report only the best).

@@ -1,4 +1,4 @@
-"""Ablation grids (REFERENCE.md section 10): one papermill execution of ``notebooks/run_experiment.ipynb``
+"""Ablation grids (book/reference.md section 10): one papermill execution of ``notebooks/run_experiment.ipynb``
 per (variant, seed), then one table of every run's ``eval.json`` (mean and spread over seeds).
 
 A grid is a JSON file::
@@ -41,7 +41,7 @@ EVAL_FILE = "eval.json"
 
 def default_notebook() -> Path:
     """The runner: notebooks/run_experiment.ipynb in a clone; in an installed wheel the same file, shipped
-    as cutlib/notebooks/run_experiment.ipynb (pyproject.toml maps notebooks/ there)."""
+    as package data of cutlib.notebooks (pyproject.toml maps notebooks/ there)."""
     root = repo_root()
     folder = root / "notebooks" if root is not None else Path(__file__).resolve().parent / "notebooks"
     path = folder / "run_experiment.ipynb"

@@ -1,4 +1,4 @@
-"""GAN losses of CUT (REFERENCE.md sections 5 and 7): least squares for CUT/FastCUT, non-saturating
+"""GAN losses of CUT (book/reference.md sections 5 and 7): least squares for CUT/FastCUT, non-saturating
 (softplus) for SinCUT, and the R1 gradient penalty on real images.
 
 Logits are whatever D returns: a (B, 1, h, w) PatchGAN map or (B, 1) per-image scores; every loss is
@@ -44,7 +44,7 @@ def r1_penalty(real_logits: Tensor, real_images: Tensor) -> Tensor:
     """R1 (Mescheder et al. 2018): mean over the batch of ||grad_y sum D(y)||^2, differentiable w.r.t. D.
 
     ``real_images`` must have had requires_grad set before D ran on them. Unweighted: SinCUT adds it
-    to D's loss times 0.5 * lambda_R1 (REFERENCE.md section 7).
+    to D's loss times 0.5 * lambda_R1 (book/reference.md section 7).
     """
     if not real_images.requires_grad:
         raise ValueError(

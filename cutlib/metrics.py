@@ -1,4 +1,4 @@
-"""Evaluation metrics: FID, KID and segmentation scores (REFERENCE.md section 8).
+"""Evaluation metrics: FID, KID and segmentation scores (book/reference.md section 8).
 
 FID (Heusel et al. 2017) and KID (Binkowski et al. 2018) compare the feature distributions of real
 and generated images. Only the standard extractor, the pytorch-fid Inception-v3 pool3 features

@@ -5,7 +5,7 @@ Shapes used throughout:
     B    images in the minibatch             P    sampled patch locations per image
     M    negatives per query                 L    NCE layers (encoder taps)
 Queries come from the OUTPUT image G(x), keys from the INPUT x; query i and key i sit at the same
-spatial location, which makes them the positive pair (REFERENCE.md section 1).
+spatial location, which makes them the positive pair (book/reference.md section 1).
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """The networks of CUT: the ResNet generator with named encoder taps, blur down/upsampling, the
-PatchGAN discriminator, and a loader for the authors' released generators (REFERENCE.md sections 3-4).
+PatchGAN discriminator, and a loader for the authors' released generators (book/reference.md sections 3-4).
 
 The generator is one ordered list of named layers, in exactly the order of the reference's
 ``nn.Sequential``. Its encoder is the first part of that list: the NCE layers ("taps") are the
@@ -108,7 +108,7 @@ def _check_image(x: Tensor, channels: int) -> None:
 
 
 class ResnetGenerator(nn.Module):
-    """CycleGAN's ResNet generator as CUT uses it (REFERENCE.md section 3): 2 downsamplings, n_blocks
+    """CycleGAN's ResNet generator as CUT uses it (book/reference.md section 3): 2 downsamplings, n_blocks
     residual blocks at 4*ngf channels, 2 upsamplings; instance norm without affine, reflect padding.
 
     antialias=True (the reference default): stride-1 convs followed by BlurDownsample, and BlurUpsample
@@ -239,7 +239,7 @@ class ResnetGenerator(nn.Module):
 
 
 class PatchGANDiscriminator(nn.Module):
-    """The 70x70 PatchGAN (REFERENCE.md section 4): one real/fake logit per overlapping patch.
+    """The 70x70 PatchGAN (book/reference.md section 4): one real/fake logit per overlapping patch.
 
     (B, input_nc, 256, 256) -> (B, 1, 30, 30). antialias=True (reference default): k4 s1 convs followed by
     BlurDownsample; antialias=False: k4 s2 convs (the original pix2pix/CycleGAN network).
@@ -313,7 +313,7 @@ def receptive_field(net: nn.Module, tap: str | None = None) -> int:
 
 
 # ---------------------------------------------------------------------------------------------------
-# The authors' released generators (REFERENCE.md section 3): keys "model.<index>.<rest>", where index
+# The authors' released generators (book/reference.md section 3): keys "model.<index>.<rest>", where index
 # is the position in their nn.Sequential. Our layers run in that same order, so index i is our i-th
 # layer name: "model.12.conv_block.1.weight" <-> "layers.res1.conv_block.1.weight".
 

@@ -1,5 +1,5 @@
 """Exploring an ablation grid's results (chapter 7): data helpers, plots, the paper's claims checked
-against our numbers (REFERENCE.md section 10), and an ipywidgets explorer over them.
+against our numbers (book/reference.md section 10), and an ipywidgets explorer over them.
 
 A results folder is what ``cutlib.grid.ship`` (or the grid itself) writes: ``results.json`` and, per run,
 ``<variant>/seed<k>/`` with ``eval.json``, ``metrics.jsonl`` and a sample grid (``samples.jpg`` when

@@ -74,15 +74,16 @@ def resumed_config(saved: TrainConfig, changes: dict) -> TrainConfig:
     """The config a resumed run continues with: ``saved`` with ``changes`` (field -> value), which may
     only touch RESUMABLE_CHANGES; anything else is refused with the saved and the asked values."""
     saved_values = saved.to_dict()
-    changes = {k: v for k, v in changes.items() if saved_values.get(k, object()) != v}
-    fixed = sorted(set(changes) - RESUMABLE_CHANGES)
+    asked = C.override(saved, **changes).to_dict()  # parsed and typed like the saved values
+    changed = {k for k in changes if asked[k] != saved_values[k]}
+    fixed = sorted(changed - RESUMABLE_CHANGES)
     if fixed:
         raise ValueError(
             f"cannot resume with a different {', '.join(fixed)} than the saved run "
-            f"({', '.join(f'{k}={saved_values.get(k)!r} saved, {changes[k]!r} asked' for k in fixed)}); "
+            f"({', '.join(f'{k}={saved_values[k]!r} saved, {asked[k]!r} asked' for k in fixed)}); "
             f"only {sorted(RESUMABLE_CHANGES)} may change"
         )
-    return C.override(saved, **changes)
+    return C.override(saved, **{k: asked[k] for k in changed})
 
 
 def rng_state(model) -> dict:

@@ -1,5 +1,5 @@
 """The SinCUT networks: a StyleGAN2-style generator without a style input, and the StyleGAN2
-residual discriminator (paper Sec. 5, single-image translation; REFERENCE.md section 7).
+residual discriminator (paper Sec. 4.3 and Appendix B, single-image translation; book/reference.md section 7).
 
 Building blocks, all from StyleGAN2 (Karras et al., CVPR 2020):
 - equalised learning rate: weights are drawn N(0, 1) and multiplied by 1/sqrt(fan_in) at run time,
@@ -170,7 +170,7 @@ class UpConv(nn.Module):
 
 
 class StyleGAN2Generator(nn.Module):
-    """The SinCUT generator (REFERENCE.md section 7), fully convolutional, with named encoder taps.
+    """The SinCUT generator (book/reference.md section 7), fully convolutional, with named encoder taps.
 
     Encoder: rgb (the input itself) -> from_rgb (1x1 conv to 8*ngf) -> down1..downN (residual blocks
     that halve H, W and double the width) -> res1..resK (K = n_blocks // 2 residual blocks).

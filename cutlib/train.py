@@ -55,7 +55,7 @@ def linear_decay(epoch: int, n_epochs: int, n_epochs_decay: int) -> float:
 
 
 def make_schedulers(model, cfg: TrainConfig) -> dict:
-    """Constant lr for n_epochs, then linear decay to ~0 over n_epochs_decay (REFERENCE.md section 5).
+    """Constant lr for n_epochs, then linear decay to ~0 over n_epochs_decay (book/reference.md section 5).
     LambdaLR counts epochs from 0; the formula's epoch k is 1-based."""
     rule = lambda e: linear_decay(e + 1, cfg.n_epochs, cfg.n_epochs_decay)  # noqa: E731
     return {name: torch.optim.lr_scheduler.LambdaLR(opt, rule) for name, opt in model.optimizers.items()}

@@ -5,7 +5,7 @@
 
     python -m cutlib translate --checkpoint CKPT --input FILE_OR_DIR --output DIR [--tile 512]
 
-Both generators are fully convolutional (REFERENCE.md sections 3 and 7), so an image of any size
+Both generators are fully convolutional (book/reference.md sections 3 and 7), so an image of any size
 is padded to a multiple of 4 (two stride-2 stages), translated and cropped back to its own size.
 """
 

@@ -1,4 +1,4 @@
-"""TrainConfig, presets, overrides and the learning-rate schedule (REFERENCE.md section 5)."""
+"""TrainConfig, presets, overrides and the learning-rate schedule (book/reference.md section 5)."""
 
 import pytest
 

@@ -11,7 +11,7 @@ from PIL import Image
 from scipy import ndimage
 
 from cutlib.data import UnpairedImageFolder, make_dataset
-from cutlib.data import synthetic
+from cutlib.data import drawing, synthetic
 from cutlib.data.city import CITY_PALETTE, CITY_USED
 
 SMALL = dict(size=64, n_train=40, n_test=6)
@@ -73,7 +73,7 @@ def test_cache_is_reused_and_no_temporary_folder_is_left(tmp_path):
 
 def test_an_interrupted_generation_leaves_nothing(tmp_path, monkeypatch):
     calls = []
-    real_save = synthetic._save_png
+    real_save = drawing.save_png
 
     def save_then_fail(array, path):  # fault injection: the 7th file write is interrupted
         calls.append(path)
@@ -81,7 +81,7 @@ def test_an_interrupted_generation_leaves_nothing(tmp_path, monkeypatch):
             raise KeyboardInterrupt
         real_save(array, path)
 
-    monkeypatch.setattr(synthetic, "_save_png", save_then_fail)
+    monkeypatch.setattr(drawing, "save_png", save_then_fail)
     with pytest.raises(KeyboardInterrupt):
         make_dataset("stripes", root=tmp_path, size=32, n_train=5, n_test=2)
     assert list(tmp_path.iterdir()) == []

@@ -1,4 +1,4 @@
-"""Training on several processes (issue 5 item 6): torchrun + DistributedDataParallel, here on CPU
+"""Training on several processes: torchrun + DistributedDataParallel, here on CPU
 with the gloo backend. Each process takes its share of every global batch and DDP averages the
 gradients, so N processes must end with the weights of one process on the same global batch
 (LSGAN and PatchNCE losses are means, instance norm is per image, patch locations are shared)."""
@@ -86,7 +86,7 @@ def test_two_processes_match_one_and_resume_exactly(stripes, tmp_path):
 
 @pytest.mark.slow
 def test_one_image_per_process_matches_batch_two(stripes, tmp_path):
-    """The issue's own check: two processes with one image each vs one process with both."""
+    """The decisive check: two processes with one image each vs one process with both."""
     cfg = C.preset("cut", dataset=str(stripes), batch_size=2, **TINY)
     torchrun(cfg, tmp_path / "ddp", "--max-steps", "1")
     train(C.override(cfg, max_steps=1), tmp_path / "one", progress=False)

@@ -18,7 +18,7 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 # what the wheel must carry besides the modules: path in the wheel -> the file in the repository
 PACKAGE_DATA = {"cutlib/data/catalog.json": REPO / "cutlib" / "data" / "catalog.json",
-                "cutlib/notebooks/run_experiment.ipynb": REPO / "notebooks" / "run_experiment.ipynb"}
+                "/".join(("cutlib", "notebooks", "run_experiment.ipynb")): REPO / "notebooks" / "run_experiment.ipynb"}
 # not part of a build: the local dataset cache, runs, venv and build leftovers (slow or stale to copy)
 TOP_LEVEL_SKIP = {".git", ".venv", "data", "runs", "build", "dist"}
 ANYWHERE_SKIP = shutil.ignore_patterns("__pycache__", "*.egg-info", ".pytest_cache", ".ipynb_checkpoints", "_build")

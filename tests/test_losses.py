@@ -1,4 +1,4 @@
-"""GAN losses and the R1 penalty against their formulas written out by hand (REFERENCE.md sections 5, 7)."""
+"""GAN losses and the R1 penalty against their formulas written out by hand (book/reference.md sections 5, 7)."""
 
 from __future__ import annotations
 

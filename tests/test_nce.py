@@ -1,4 +1,4 @@
-"""cutlib.nce against plain loops and the sanity figures of REFERENCE.md sections 1, 2 and 6."""
+"""cutlib.nce against plain loops and the sanity figures of book/reference.md sections 1, 2 and 6."""
 
 from __future__ import annotations
 
@@ -221,12 +221,12 @@ def test_projection_heads_give_unit_vectors_of_the_head_dimension():
 
 
 def test_projection_heads_parameter_count_and_init():
-    channels = [3, 128, 256, 256, 256]  # the reference's five NCE taps (REFERENCE.md section 3)
+    channels = [3, 128, 256, 256, 256]  # the reference's five NCE taps (book/reference.md section 3)
     heads = ProjectionHeads(channels)
     expected = sum(c * 256 + 256 + 256 * 256 + 256 for c in channels)  # Linear(C, 256), Linear(256, 256)
     count = sum(p.numel() for p in heads.parameters())
     assert count == expected
-    assert 0.55e6 < count < 0.57e6, "REFERENCE.md: the 5 heads have about 0.56 M parameters"
+    assert 0.55e6 < count < 0.57e6, "book/reference.md section 2: the 5 heads have about 0.56 M parameters"
     assert all(m.bias.abs().max() == 0 for m in heads.modules() if isinstance(m, nn.Linear))
     big = heads.mlps[2][2].weight  # 256 x 256, xavier-normal with gain 0.02: std = 0.02 * sqrt(2 / 512)
     assert abs(big.std().item() / (0.02 * math.sqrt(2 / 512)) - 1) < 0.05

@@ -1,4 +1,4 @@
-"""The generator, its taps, blur sampling, the PatchGAN and receptive fields (REFERENCE.md sections 3-4)."""
+"""The generator, its taps, blur sampling, the PatchGAN and receptive fields (book/reference.md sections 3-4)."""
 
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ def small_G() -> ResnetGenerator:
     return ResnetGenerator(ngf=8, n_blocks=5)
 
 
-# ----- parameter counts: the figures of REFERENCE.md section 3 (within 0.5 %) -------------------------------------
+# ----- parameter counts: the figures of book/reference.md sections 2-4 (within 0.5 %) -------------------------------------
 
 
 @pytest.mark.parametrize("antialias", [True, False])

@@ -1,6 +1,6 @@
-"""Loading generators saved in the authors' key layout (REFERENCE.md section 3; issue 5 item 4).
+"""Loading generators saved in the authors' key layout (book/reference.md section 3).
 
-The test builds its own network in the reference layout, straight from the layer list of REFERENCE.md
+The test builds its own network in the reference layout, straight from the layer list of book/reference.md
 section 3 (an nn.Sequential called ``model``, so its keys are ``model.<index>.<...>``), independently
 of cutlib's layer names, and checks that weights go both ways and give the same images.
 """
@@ -59,7 +59,7 @@ class RefResBlock(nn.Module):
 
 
 class RefGenerator(nn.Module):
-    """The reference's layer list, index by index (REFERENCE.md section 3)."""
+    """The reference's layer list, index by index (book/reference.md section 3)."""
 
     def __init__(self, ngf: int, n_blocks: int, antialias: bool, input_nc: int = 3, output_nc: int = 3):
         super().__init__()

@@ -1,6 +1,6 @@
 """SinCUT: the preset, the objective checked against a hand computation, training through the
 ordinary trainer with exact resume, the real Monet/Etretat pair and full-resolution translation
-(REFERENCE.md section 7). The R1 finite-difference check lives in tests/test_losses.py."""
+(book/reference.md section 7). The R1 finite-difference check lives in tests/test_losses.py."""
 
 from __future__ import annotations
 
@@ -99,7 +99,7 @@ def _nce_by_hand(H, feats_q, feats_k, generator, tau=0.07, lambda_nce=4.0):
     """One location per layer per crop; the other crops' patches at that location are the negatives:
     a (B, B) similarity matrix whose diagonal holds the positives. Average over layers, times lambda."""
     _, ids = sample_patches(feats_k, 1, generator=generator)  # the locations, drawn as the model draws them
-    unit = lambda v: v / (v.norm(dim=1, keepdim=True) + 1e-7)  # noqa: E731  (REFERENCE.md section 1)
+    unit = lambda v: v / (v.norm(dim=1, keepdim=True) + 1e-7)  # noqa: E731  (book/reference.md section 1)
     per_layer = []
     for mlp, fq, fk, loc in zip(H.mlps, feats_q, feats_k, ids):
         q = unit(mlp(fq.flatten(2)[:, :, loc[0]]))  # (B, dim): one location per crop

@@ -1,4 +1,4 @@
-"""The SinCUT generator and discriminator (cutlib.stylegan2; REFERENCE.md section 7)."""
+"""The SinCUT generator and discriminator (cutlib.stylegan2; book/reference.md section 7)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Inference (issue 5 item 5): translate_image on any size and in tiles, load_generator on every
+"""Inference: translate_image on any size and in tiles, load_generator on every
 checkpoint format (ours, epoch snapshots, the authors' layout, the downloaded pretrained archive),
 and the translate command on real images."""
 

@@ -28,7 +28,8 @@ REPO = Path(__file__).resolve().parents[1]
 BOOK = REPO / "book"
 STAGE = BOOK / "_build" / "src"
 # the public modules of cutlib documented on the reference page (those that exist are listed)
-API_MODULES = ["nce", "networks", "losses", "config", "models", "cyclegan", "sincut", "stylegan2", "train",
+API_MODULES = ["nce", "networks", "stylegan2", "losses", "config", "models", "models.cut", "models.cyclegan", "models.sincut",
+               "train", "runs", "distributed", "images", "files", "device", "benchmarks", "inception", "pretrained",
                "data", "metrics", "evaluate", "translate", "viz", "results"]
 
 

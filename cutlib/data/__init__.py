@@ -18,7 +18,7 @@ def load_dataset(cfg, phase: str = "train"):
     import torch
 
     root = resolve_dataset(cfg.dataset, size=cfg.load_size)  # built-in sets are drawn at the load size
-    if cfg.model == "sincut":  # one image per domain: random zoom + 64x64 tiles (REFERENCE.md section 7)
+    if cfg.model == "sincut":  # one image per domain: random zoom + 64x64 tiles (book/reference.md section 7)
         return SingleImagePair(root, crop_size=cfg.crop_size, flip=cfg.flip, length=cfg.dataset_len or 100_000,
                                generator=torch.Generator().manual_seed(cfg.seed))
     return UnpairedImageFolder(

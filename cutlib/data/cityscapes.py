@@ -27,7 +27,7 @@ def prepare_cityscapes(gtfine: str | Path, leftimg: str | Path, out: str | Path,
     """Write trainA/ (colour label maps), trainB/ (photos) from ``train`` and testA/ testB/ from ``val``.
 
     Label maps are resized with nearest neighbour (colours stay exact) and train ids go to
-    ``X_labels/`` for the paper's correspondence scores (REFERENCE.md section 8); photos are resized bicubic.
+    ``X_labels/`` for the paper's correspondence scores (book/reference.md section 8); photos are resized bicubic.
     Files keep the Cityscapes name (city_seq_frame), so A and B of the same scene share a name.
     """
     gtfine, leftimg, out = Path(gtfine), Path(leftimg), Path(out)

@@ -1,6 +1,6 @@
 """Image-folder datasets: unpaired A/B folders (CUT, FastCUT), one image pair (SinCUT), inference.
 
-Preprocessing follows REFERENCE.md section 5 (resize to ``load_size`` bicubic, random crop to
+Preprocessing follows book/reference.md section 5 (resize to ``load_size`` bicubic, random crop to
 ``crop_size``, random horizontal flip, each domain on its own) and section 7 for SinCUT
 (random zoom, 64x64 tiles, flips). Pixels are scaled to [-1, 1].
 

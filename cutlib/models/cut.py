@@ -1,5 +1,5 @@
 """CUT and FastCUT (paper Sec. 3, Eq. 5): the discriminator update, then the generator and head
-update against the updated discriminator (REFERENCE.md section 5).
+update against the updated discriminator (book/reference.md section 5).
 
 The model exposes what the trainer needs and nothing else: ``networks`` (name -> module, saved in
 checkpoints), ``optimizers`` (name -> optimizer), ``training_step(batch)``, ``translate(x)``, and

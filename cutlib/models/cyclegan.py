@@ -83,7 +83,7 @@ class CycleGANModel(nn.Module):
 
     Iteration order, as the original CycleGAN code: forward both cycles; update G and F with D_X, D_Y
     frozen; then update D_X and D_Y on pooled fakes made before the G update. CUT's reference code
-    does the reverse (D first, then G against the updated D; REFERENCE.md section 5). Both alternate
+    does the reverse (D first, then G against the updated D; book/reference.md section 5). Both alternate
     one step each; we keep each method's own order so that its behaviour and timings are the original's.
     """
 

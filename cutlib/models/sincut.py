@@ -1,4 +1,4 @@
-"""SinCUT: CUT trained on a single image per domain (paper Sec. 5, Fig. 9; REFERENCE.md section 7).
+"""SinCUT: CUT trained on a single image per domain (paper Sec. 4.3, Fig. 9; book/reference.md section 7).
 
 The same iteration as CUT (forward G on cat(x, y), D step, then G and H step with the updated D);
 what changes is the objective:
