@@ -85,17 +85,7 @@ def patch_nce(
     external: (K, C) keys from a momentum queue, shared negatives for every query (section 6).
     Keys are detached: no gradient flows through the key branch.
     """
-    _check("feat_q", feat_q, (2,), "(B*P, C)")
-    _check("feat_k", feat_k, (2,), "(B*P, C)")
-    if feat_q.shape != feat_k.shape:
-        raise ValueError(f"feat_q and feat_k must have the same shape (B*P, C), got {tuple(feat_q.shape)} and {tuple(feat_k.shape)}")
-    _check_dtype("feat_k", feat_k, "feat_q", feat_q)
-    if negatives not in ("image", "batch", None):
-        raise ValueError(f"negatives must be 'image', 'batch' or None, got {negatives!r}")
-    if negatives is None and external is None:
-        raise ValueError("negatives=None leaves no negatives: pass external keys (K, C) from a MomentumQueue")
-    if batch_size < 1 or feat_q.shape[0] % batch_size:
-        raise ValueError(f"feat_q has {feat_q.shape[0]} rows, not a multiple of batch_size={batch_size} (expected (B*P, C))")
+    _check_patch_nce(feat_q, feat_k, negatives, batch_size, external)
     if detach_keys:  # False only when the caller has already cut the gradient below the key heads
         feat_k = feat_k.detach()
     n, c = feat_q.shape
@@ -110,10 +100,6 @@ def patch_nce(
         eye = torch.eye(l_neg.shape[-1], dtype=torch.bool, device=l_neg.device)
         parts.append(l_neg.masked_fill(eye, DIAGONAL_FILL))  # j == i is the positive: mask it
     if external is not None:
-        _check("external", external, (2,), f"(K, {c})")
-        if external.shape[1] != c:
-            raise ValueError(f"external must have shape (K, {c}), got {tuple(external.shape)}")
-        _check_dtype("external", external, "feat_q", feat_q)
         parts.append(q @ external.detach().t())  # (G, P', K)
     logits = torch.cat(parts, dim=-1).flatten(0, 1) / tau  # (B*P, 1 + negatives)
     target = torch.zeros(n, dtype=torch.long, device=feat_q.device)
@@ -132,23 +118,15 @@ def sample_patches(
     into H*W). Sampling is without replacement; P = H*W (shuffled) when the map is smaller.
     Pass the returned ids back to sample the query features at the key locations.
     """
-    if patch_ids is not None and len(patch_ids) != len(features):
-        raise ValueError(f"patch_ids has {len(patch_ids)} entries but features has {len(features)} layers")
-    if num_patches < 1:
-        raise ValueError(f"num_patches must be at least 1, got {num_patches}")
+    _check_sampling(features, num_patches, patch_ids)
     samples, ids_out = [], []
     for layer, feat in enumerate(features):
-        _check(f"features[{layer}]", feat, (4,), "(B, C, H, W)")
         b, c, h, w = feat.shape
         flat = feat.flatten(2)  # (B, C, H*W)
         if patch_ids is None:
             ids = torch.randperm(h * w, generator=generator)[: min(num_patches, h * w)]
         else:
             ids = patch_ids[layer]
-            if not isinstance(ids, Tensor) or ids.dim() != 1 or ids.dtype not in (torch.int64, torch.int32):
-                raise TypeError(f"patch_ids[{layer}] must be a (P,) integer tensor of locations, as sample_patches returns")
-            if ids.numel() and (int(ids.max()) >= h * w or int(ids.min()) < 0):
-                raise ValueError(f"patch_ids[{layer}] points outside the {h}x{w} map of features[{layer}] (valid: 0..{h * w - 1})")
         ids = ids.to(feat.device)
         # gather first, then transpose: (B, C, P) -> (B*P, C), batch-major. Transposing the whole map
         # first would hand channels-last gradients back to the encoder, and torch 2.14's CPU instance
@@ -278,16 +256,7 @@ def multilayer_patch_nce(
     the queries (the "no weight sharing" ablation); by default the same heads serve both. With
     separate heads the key features are detached before the key heads, which then learn through the keys.
     """
-    if negatives not in ("internal", "external", "both"):
-        raise ValueError(f"negatives must be 'internal', 'external' or 'both', got {negatives!r}")
-    if len(feats_q) != len(feats_k):
-        raise ValueError(f"feats_q has {len(feats_q)} layers but feats_k has {len(feats_k)}")
-    if negatives != "internal" and external is None:
-        raise ValueError(f"negatives={negatives!r} needs the external keys: pass external=queue.read()")
-    if not feats_k:
-        raise ValueError("feats_k must hold at least one (B, C, H, W) map")
-    if external is not None and len(external) != len(feats_k):
-        raise ValueError(f"external must hold one (K, dim) tensor per layer: {len(feats_k)}, got {len(external)}")
+    _check_multilayer(feats_q, feats_k, negatives, external)
     batch_size = feats_k[0].shape[0]
     k_samples, ids = sample_patches(feats_k, num_patches, patch_ids, generator)
     q_samples, _ = sample_patches(feats_q, num_patches, ids)
@@ -306,3 +275,57 @@ def multilayer_patch_nce(
         per_layer.append(patch_nce(q, k, tau, internal, batch_size, ext, detach_keys=query_heads is None).mean())
     loss = lambda_nce * torch.stack(per_layer).mean()
     return NCEResult(loss, per_layer, ids)
+
+
+# ----------------------------------------------------------------------------------------------
+# input checks of the public functions above (kept apart so that each function shows its maths)
+
+
+def _check_patch_nce(feat_q: Tensor, feat_k: Tensor, negatives, batch_size: int, external: Tensor | None) -> None:
+    _check("feat_q", feat_q, (2,), "(B*P, C)")
+    _check("feat_k", feat_k, (2,), "(B*P, C)")
+    if feat_q.shape != feat_k.shape:
+        raise ValueError(f"feat_q and feat_k must have the same shape (B*P, C), got {tuple(feat_q.shape)} and {tuple(feat_k.shape)}")
+    _check_dtype("feat_k", feat_k, "feat_q", feat_q)
+    if negatives not in ("image", "batch", None):
+        raise ValueError(f"negatives must be 'image', 'batch' or None, got {negatives!r}")
+    if negatives is None and external is None:
+        raise ValueError("negatives=None leaves no negatives: pass external keys (K, C) from a MomentumQueue")
+    if batch_size < 1 or feat_q.shape[0] % batch_size:
+        raise ValueError(f"feat_q has {feat_q.shape[0]} rows, not a multiple of batch_size={batch_size} (expected (B*P, C))")
+    if external is not None:
+        c = feat_q.shape[1]
+        _check("external", external, (2,), f"(K, {c})")
+        if external.shape[1] != c:
+            raise ValueError(f"external must have shape (K, {c}), got {tuple(external.shape)}")
+        _check_dtype("external", external, "feat_q", feat_q)
+
+
+def _check_sampling(features: Sequence[Tensor], num_patches: int, patch_ids: Sequence[Tensor] | None) -> None:
+    if patch_ids is not None and len(patch_ids) != len(features):
+        raise ValueError(f"patch_ids has {len(patch_ids)} entries but features has {len(features)} layers")
+    if num_patches < 1:
+        raise ValueError(f"num_patches must be at least 1, got {num_patches}")
+    for layer, feat in enumerate(features):
+        _check(f"features[{layer}]", feat, (4,), "(B, C, H, W)")
+        if patch_ids is None:
+            continue
+        ids, (h, w) = patch_ids[layer], feat.shape[2:]
+        if not isinstance(ids, Tensor) or ids.dim() != 1 or ids.dtype not in (torch.int64, torch.int32):
+            raise TypeError(f"patch_ids[{layer}] must be a (P,) integer tensor of locations, as sample_patches returns")
+        if ids.numel() and (int(ids.max()) >= h * w or int(ids.min()) < 0):
+            raise ValueError(f"patch_ids[{layer}] points outside the {h}x{w} map of features[{layer}] (valid: 0..{h * w - 1})")
+
+
+def _check_multilayer(feats_q: Sequence[Tensor], feats_k: Sequence[Tensor], negatives: str,
+                      external: Sequence[Tensor] | None) -> None:
+    if negatives not in ("internal", "external", "both"):
+        raise ValueError(f"negatives must be 'internal', 'external' or 'both', got {negatives!r}")
+    if len(feats_q) != len(feats_k):
+        raise ValueError(f"feats_q has {len(feats_q)} layers but feats_k has {len(feats_k)}")
+    if negatives != "internal" and external is None:
+        raise ValueError(f"negatives={negatives!r} needs the external keys: pass external=queue.read()")
+    if not feats_k:
+        raise ValueError("feats_k must hold at least one (B, C, H, W) map")
+    if external is not None and len(external) != len(feats_k):
+        raise ValueError(f"external must hold one (K, dim) tensor per layer: {len(feats_k)}, got {len(external)}")
