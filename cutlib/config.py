@@ -30,56 +30,56 @@ class TrainConfig:
     # --- what is trained
     model: Literal["cut", "cyclegan", "sincut"] = "cut"  # objective class in cutlib.models
     dataset: str = "stripes"  # built-in name, catalog name (downloaded) or a folder path
-    # --- networks (sections 3, 4)
-    netG: Literal["resnet", "stylegan2"] = "resnet"
-    netD: Literal["patchgan", "stylegan2"] = "patchgan"
-    input_nc: int = 3
-    output_nc: int = 3
+    # --- networks (reference page sections 3, 4)
+    netG: Literal["resnet", "stylegan2"] = "resnet"  # generator: CycleGAN's ResNet (CUT) or StyleGAN2's (SinCUT)
+    netD: Literal["patchgan", "stylegan2"] = "patchgan"  # discriminator: PatchGAN (CUT) or StyleGAN2's (SinCUT)
+    input_nc: int = 3  # channels of the input images (1: grayscale)
+    output_nc: int = 3  # channels of the output images
     ngf: int = 64  # generator width
     ndf: int = 64  # discriminator width
     n_blocks: int = 9  # residual blocks of the ResNet generator
     n_layers_D: int = 3  # PatchGAN depth (3 = 70x70 receptive field)
     antialias: bool = True  # blur down/upsampling (the reference default) vs strided convs
     init_gain: float = 0.02  # xavier-normal gain
-    # --- the objective (sections 1, 5, 6)
-    gan_mode: Literal["lsgan", "nonsaturating"] = "lsgan"
-    lambda_gan: float = 1.0
-    lambda_nce: float = 1.0
+    # --- the objective (reference page sections 1, 5, 6)
+    gan_mode: Literal["lsgan", "nonsaturating"] = "lsgan"  # GAN loss: least squares (CUT) or non-saturating (SinCUT)
+    lambda_gan: float = 1.0  # weight of the GAN loss
+    lambda_nce: float = 1.0  # weight of PatchNCE (CUT 1, FastCUT 10)
     nce_idt: bool = True  # the identity term PatchNCE(y, G(y))
-    nce_layers: tuple[str, ...] = ResnetGenerator.DEFAULT_TAPS
+    nce_layers: tuple[str, ...] = ResnetGenerator.DEFAULT_TAPS  # encoder taps that PatchNCE compares
     num_patches: int = 256  # sampled locations per layer per image (P)
     nce_t: float = 0.07  # temperature tau
     netF_nc: int = 256  # projection head output size
     flip_equivariance: bool = False  # FastCUT: flip the input with p = 0.5, flip features back
-    negatives: Literal["internal", "external", "both"] = "internal"  # section 6 ablation
+    negatives: Literal["internal", "external", "both"] = "internal"  # other patches of the image, a momentum queue, or both
     negatives_from_batch: bool = False  # negatives from every image of the minibatch (SinCUT)
     queue_size: int = 16384  # external negatives per layer
-    queue_momentum: float = 0.999
+    queue_momentum: float = 0.999  # momentum of the key encoder that fills the queue
     nce_decoder_grad: bool = True  # False: the decoder learns from the GAN loss only (thesis ablation)
     share_encoder: bool = True  # False: separate encoder and heads for the output image (thesis ablation)
     lambda_r1: float = 0.0  # R1 penalty on real images (SinCUT: 1.0, applied with weight 0.5 * lambda_r1)
     lambda_idt_l1: float = 0.0  # L1 identity loss on (y, G(y)) (SinCUT: 1.0)
     # --- CycleGAN baseline
-    lambda_cycle: float = 10.0
-    lambda_identity: float = 0.5
-    pool_size: int = 50
+    lambda_cycle: float = 10.0  # weight of the cycle-consistency L1 loss
+    lambda_identity: float = 0.5  # identity loss weight, as a fraction of lambda_cycle
+    pool_size: int = 50  # generated images kept for the discriminators (0: no pool)
     # --- optimisation
     lr: float = 2e-4  # the paper's appendix says 0.002; the authors ran 2e-4 (paper vs code)
-    beta1: float = 0.5
-    beta2: float = 0.999
-    batch_size: int = 1
+    beta1: float = 0.5  # Adam beta1
+    beta2: float = 0.999  # Adam beta2
+    batch_size: int = 1  # images per step (the global batch under torchrun)
     n_epochs: int = 200  # epochs at the initial learning rate
     n_epochs_decay: int = 200  # epochs of linear decay to zero
     max_steps: int = 0  # stop after this many optimisation steps in total (0: run all epochs)
     # --- data
-    load_size: int = 286
-    crop_size: int = 256
+    load_size: int = 286  # images are resized to this square size first
+    crop_size: int = 256  # then randomly cropped to this size (the training resolution)
     flip: bool = True  # random horizontal flip of the training images
     decay_no_jitter: bool = True  # decay epochs load at crop size, no random crop (as the reference)
-    num_workers: int = 0
+    num_workers: int = 0  # DataLoader worker processes (0: load in the training process)
     dataset_len: int = 0  # items per epoch (0: max(|A|, |B|)); SinCUT draws 100000 crops per "epoch"
     # --- run
-    seed: int = 0
+    seed: int = 0  # seeds the networks, the data order and the objective's randomness
     device: str = "auto"  # "auto": cuda when available, else cpu
     log_every: int = 10  # steps between lines of metrics.jsonl
     sample_every: int = 0  # steps between sample grids (0: once per epoch and at the end)
