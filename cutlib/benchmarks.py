@@ -28,6 +28,7 @@ from cutlib.data.splits import benchmark_of, read_images, read_labels
 from cutlib.data.synthetic import BUILTIN
 from cutlib.files import atomic_write
 from cutlib.metrics import segmentation_scores
+from cutlib.runs import load_checkpoint
 
 EVALUATOR_VERSION = 2  # bump when the evaluators change: old cache files are then ignored
 STRIPES_CLASSES = ["background", "smooth-coated animal", "striped animal"]
@@ -187,7 +188,7 @@ def load_evaluator(dataset_dir: str | Path, size: int = 64, seed: int = 0, steps
     """The evaluator of a built-in dataset: loaded from its cache file, else trained (< 1 min on a CPU) and cached."""
     path = evaluator_cache_path(dataset_dir, size, seed, steps, cache_dir)
     if path.is_file():
-        saved = torch.load(path, map_location="cpu", weights_only=True)
+        saved = load_checkpoint(path)
         evaluator = BuiltinEvaluator(saved["benchmark"], saved["classes"], saved["size"], saved["seed"], saved["info"]["width"])
         evaluator.net.load_state_dict(saved["net"])
         evaluator.info = {**saved["info"], "cache": str(path), "loaded_from_cache": True}

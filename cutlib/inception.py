@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import pickle
 import tempfile
 import threading
 import urllib.request
@@ -19,6 +18,8 @@ import torch
 from torch import Tensor, nn
 
 from cutlib.device import resolve_device
+from cutlib.files import atomic_write
+from cutlib.runs import CheckpointError, load_checkpoint
 
 # The FID Inception weights (TensorFlow's 2015-12-05 Inception, ported by pytorch-fid 0.3.0).
 INCEPTION_WEIGHTS_FILE = "pt_inception-2015-12-05-6726825d.pth"
@@ -50,20 +51,19 @@ def _missing_weights_message(reason: str) -> str:
 def _download_inception_weights(dest: Path, timeout: float) -> None:
     """Download the weights to ``dest`` (atomically) and check the sha256 prefix in the file name."""
     dest.parent.mkdir(parents=True, exist_ok=True)
-    partial = dest.with_name(dest.name + ".partial")
-    digest = hashlib.sha256()
-    try:
+
+    def fetch(tmp: Path) -> None:
+        digest = hashlib.sha256()
         opener = urllib.request.build_opener()  # not urlopen's cached one: today's proxy settings apply
-        with opener.open(INCEPTION_WEIGHTS_URL, timeout=timeout) as response, open(partial, "wb") as out:
+        with opener.open(INCEPTION_WEIGHTS_URL, timeout=timeout) as response, open(tmp, "wb") as out:
             while chunk := response.read(1 << 20):
                 digest.update(chunk)
                 out.write(chunk)
         expected = INCEPTION_WEIGHTS_FILE.rsplit("-", 1)[1].split(".")[0]  # "6726825d"
         if not digest.hexdigest().startswith(expected):
             raise OSError(f"the downloaded file's sha256 does not start with {expected}")
-        os.replace(partial, dest)
-    finally:
-        partial.unlink(missing_ok=True)
+
+    atomic_write(dest, fetch)
 
 
 def find_inception_weights(weights_path: str | os.PathLike | None = None, download: bool = True, timeout: float = 60) -> Path:
@@ -101,7 +101,7 @@ def pytorch_fid_inception(weights_path: str | os.PathLike) -> nn.Module:
     from pytorch_fid.inception import InceptionV3
 
     try:
-        state = torch.load(weights_path, map_location="cpu", weights_only=True)
+        state = load_checkpoint(weights_path)
         with _HUB_LOCK, tempfile.TemporaryDirectory(prefix="cutlib-fid-") as hub:
             os.mkdir(os.path.join(hub, "checkpoints"))
             torch.save(state, os.path.join(hub, "checkpoints", INCEPTION_WEIGHTS_FILE))
@@ -111,7 +111,7 @@ def pytorch_fid_inception(weights_path: str | os.PathLike) -> nn.Module:
                 return InceptionV3([InceptionV3.BLOCK_INDEX_BY_DIM[2048]])
             finally:
                 torch.hub._hub_dir = previous
-    except (pickle.UnpicklingError, EOFError, RuntimeError, TypeError) as error:  # not a torch file, wrong keys
+    except (CheckpointError, RuntimeError, TypeError) as error:  # not a torch file, wrong keys
         raise ValueError(f"{weights_path} is not the FID Inception state dict {INCEPTION_WEIGHTS_FILE} "
                          f"({type(error).__name__}: {error}).\nReplace it with the file from {INCEPTION_WEIGHTS_URL}") from error
 
