@@ -33,7 +33,7 @@ from cutlib import config as C
 CONFIG_FIELDS_DEST = "_config_fields"  # namespace attribute: the fields add_config_options made options of
 DEFAULTS_NOTE = "Defaults shown are TrainConfig's; a preset changes some of them (see cutlib.config)."
 _SECTION = re.compile(r"#\s*-{2,}\s*(.*?)\s*-*\s*$")
-_SECTION_REFS = re.compile(r"\s*\(sections? [^)]*\)")  # "networks (sections 3, 4)" -> "networks"
+_SECTION_REFS = re.compile(r"\s*\((?:reference page )?sections? [^)]*\)")  # "networks (reference page sections 3, 4)" -> "networks"
 
 
 @dataclass(frozen=True)

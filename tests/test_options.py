@@ -68,7 +68,7 @@ def test_help_lists_every_field_with_type_default_and_comment(wide):
         assert re.search(re.escape(comment) + r"[^()]*\(default: " + re.escape(default) + r"\)", text), f.name
         if "_" in f.name:
             assert "--" + f.name + " " not in text  # the Python spelling is accepted, not listed
-    assert "training settings: networks:" in text and "(sections" not in text
+    assert "training settings: networks:" in text and "sections 3" not in text
 
 
 def test_field_comments_of_trainconfig_match_the_source():
@@ -77,7 +77,7 @@ def test_field_comments_of_trainconfig_match_the_source():
     for name, comment in _source_comments().items():
         assert docs[name].from_source == bool(comment) and (docs[name].comment == comment or not comment), name
     assert docs["ngf"].section == "networks" and docs["lr"].section == "optimisation"
-    assert docs["lambda_nce"].comment == "lambda_nce: a number" and not docs["lambda_nce"].from_source
+    assert all(d.from_source for d in docs.values()), [n for n, d in docs.items() if not d.from_source]  # every field is explained
 
 
 @dataclass
@@ -187,22 +187,37 @@ def test_usage_sums_the_settings_up_and_plain_namespaces_are_refused():
         overrides_from_args(argparse.Namespace(lr="1"))
 
 
-def _run_bench(*args: str) -> subprocess.CompletedProcess:
+def _run_cli(command: str, *args: str) -> subprocess.CompletedProcess:
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = {**os.environ, "COLUMNS": "3000", "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
-    return subprocess.run([sys.executable, "-m", "cutlib", "bench", *args], capture_output=True, text=True, env=env)
+    return subprocess.run([sys.executable, "-m", "cutlib", command, *args], capture_output=True, text=True, env=env)
 
 
 def test_bench_help_lists_the_training_settings():
-    done = _run_bench("--help")
+    done = _run_cli("bench", "--help")
     assert done.returncode == 0, done.stderr
     text = " ".join(done.stdout.split())
-    assert "--lambda-nce FLOAT lambda_nce: a number (default: 1.0)" in text
+    assert "--lambda-nce FLOAT weight of PatchNCE (CUT 1, FastCUT 10) (default: 1.0)" in text
     assert "--num-patches INT sampled locations per layer per image (P) (default: 256)" in text
     assert "--flip-equivariance [true|false] FastCUT: flip the input with p = 0.5, flip features back (default: false)" in text
     for name in set(C.FIELDS) - {"crop_size", "load_size", "device", "seed"}:
         assert "--" + name.replace("_", "-") + " " in text, name
     assert "--crop-size" not in text and "--load-size" not in text  # bench sets these (from --size) ...
     assert "--device STR" not in text and "--seed INT" not in text  # ... and has its own --device and --seed
-    done = _run_bench("--max-step", "3")
+    done = _run_cli("bench", "--max-step", "3")
     assert done.returncode == 2 and "did you mean --max-steps?" in done.stderr
+
+
+def test_train_help_lists_every_field_and_unknown_options_name_the_nearest(tmp_path):
+    done = _run_cli("train", "--help")
+    assert done.returncode == 0, done.stderr
+    text = " ".join(done.stdout.split())
+    for name, f in C.FIELDS.items():
+        assert "--" + name.replace("_", "-") + " " in text, name
+    assert "--lambda-nce FLOAT weight of PatchNCE (CUT 1, FastCUT 10) (default: 1.0)" in text
+    assert "--resume" in text and "--preset" in text and "--out" in text
+    done = _run_cli("train", "--out", str(tmp_path / "run"), "--lamda-nce", "2")
+    assert done.returncode == 2 and "did you mean --lambda-nce?" in done.stderr
+    done = _run_cli("train", "--out", str(tmp_path / "run"), "--max-step", "2")
+    assert done.returncode == 2 and "abbreviations are not accepted" in done.stderr
+    assert not (tmp_path / "run").exists()  # nothing was started
