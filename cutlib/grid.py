@@ -9,8 +9,8 @@ A grid is a JSON file::
      "variants": {"CUT": {"preset": "cut"},
                   "no identity": {"preset": "cut", "overrides": {"nce_idt": false}}}}
 
-Run ``<out>/<variant>/seed<k>/run.ipynb`` is executed with ``out_dir`` set to its folder. A run whose
-``eval.json`` exists is skipped; a crashed one resumes from its checkpoint (the runner resumes).
+Run ``<out>/<variant>/seed<k>/run.ipynb`` has ``out_dir`` set to its folder. A run whose ``eval.json`` exists
+is skipped; a crashed one resumes from its checkpoint (the runner resumes).
 ``python -m cutlib grid CONFIG [--jobs N] [--gpus 0,1] [--dry-run]``.
 """
 
@@ -24,12 +24,14 @@ import math
 import os
 import queue
 import re
+import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 from cutlib import config as C
+from cutlib.device import resolve_device
 from cutlib.paths import repo_root, runs_root
 
 GRID_KEYS = {"out": "output folder", "seeds": "list of integer seeds", "base": "parameters shared by every run",
@@ -40,8 +42,7 @@ EVAL_FILE = "eval.json"
 
 
 def default_notebook() -> Path:
-    """The runner: notebooks/run_experiment.ipynb in a clone; in an installed wheel the same file, shipped
-    as package data of cutlib.notebooks (pyproject.toml maps notebooks/ there)."""
+    """The runner notebooks/run_experiment.ipynb (in a wheel: package data of cutlib.notebooks, see pyproject.toml)."""
     root = repo_root()
     folder = root / "notebooks" if root is not None else Path(__file__).resolve().parent / "notebooks"
     path = folder / "run_experiment.ipynb"
@@ -62,8 +63,8 @@ def _fail(path, key: str, expected: str, got) -> ValueError:
     return ValueError(f"grid file {path}: {key!r} must be {expected}, got {got!r}. Fix that key and run again.")
 
 
-def load_grid(path: str | Path) -> dict:
-    """Read and check a grid file; returns it with "out" and "notebook" resolved to absolute paths."""
+def load_grid(path: str | Path, gpus: list | None = None) -> dict:
+    """Read and check a grid file (its runs too: check_runs, for ``gpus``); returns it, "out" and "notebook" absolute."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"grid file {path} does not exist; pass a JSON file such as experiments/ablations_cpu.json")
@@ -86,8 +87,7 @@ def load_grid(path: str | Path) -> dict:
     if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds) \
             or len(set(seeds)) != len(seeds):
         raise _fail(path, "seeds", "a non-empty list of distinct integers", seeds)
-    base = grid.get("base", {})
-    variants = grid["variants"]
+    base, variants = grid.get("base", {}), grid["variants"]
     if not isinstance(base, dict):
         raise _fail(path, "base", "a dict of run_experiment.ipynb parameters", base)
     if not isinstance(variants, dict) or not variants:
@@ -111,16 +111,66 @@ def load_grid(path: str | Path) -> dict:
                                  f"valid parameters: {', '.join(sorted(names))}")
             if name == "evaluate" and value is not True:
                 raise _fail(path, f"{where}.evaluate", "true (the grid collects eval.json)", value)
-            if name == "overrides":
-                if not isinstance(value, dict):
-                    raise _fail(path, f"{where}.overrides", "a dict of TrainConfig fields", value)
-                bad = sorted(set(value) - set(C.FIELDS))
-                if bad:
-                    raise ValueError(f"grid file {path}: {where}.overrides has unknown TrainConfig field(s) {bad}; "
-                                     f"valid fields: {', '.join(C.FIELDS)}")
+            if name == "overrides" and not isinstance(value, dict):
+                raise _fail(path, f"{where}.overrides", "a dict of TrainConfig fields", value)
     out = Path(grid["out"])
-    return {**grid, "base": base, "out": str(out if out.is_absolute() else runs_root() / out),
+    grid = {**grid, "base": base, "out": str(out if out.is_absolute() else runs_root() / out),
             "notebook": str(notebook), "source": str(path)}
+    check_runs(grid, gpus)
+    return grid
+
+
+# ------------------------------------------------------------------ the runner's TrainConfig
+RUNNER_SCALES = {"tiny": dict(C.TINY_SCALE, max_steps=20), "cpu": dict(C.CPU_SCALE), "paper": {}}
+RUNNER_SIZES = ("load_size", "crop_size", "n_epochs", "n_epochs_decay", "max_steps", "batch_size")
+RUNNER_ARGS = ("preset", "dataset", "scale", "device", "seed", "overrides") + RUNNER_SIZES
+
+
+def runner_scale(scale: str, device: str = "cpu") -> str:
+    """The runner's scale: "auto" means paper on a cuda device (by name; "auto": if a GPU is visible), else tiny."""
+    if scale == "auto":
+        kind = resolve_device("auto").type if str(device) == "auto" else str(device).split(":")[0]
+        return "paper" if kind == "cuda" else "tiny"
+    if scale not in RUNNER_SCALES:
+        raise ValueError(f"scale must be one of {list(RUNNER_SCALES)} or 'auto', got {scale!r}")
+    return scale
+
+
+def runner_config(preset: str = "cut", dataset="stripes", scale: str = "auto", device: str = "cpu", seed: int = 0,
+                  overrides=None, **sizes) -> C.TrainConfig:
+    """The TrainConfig run_experiment.ipynb trains (defaults: the notebook's): the scale's settings, then dataset,
+    device and seed, then the ``sizes`` (RUNNER_SIZES) that are not None, then ``overrides`` (a dict or JSON text)."""
+    try:  # papermill's -p passes the JSON text of a dict: -p overrides '{"lambda_nce": 2}'
+        fields = json.loads(overrides) if isinstance(overrides, str) else ({} if overrides is None else overrides)
+    except json.JSONDecodeError:
+        fields = None
+    if not isinstance(fields, dict):
+        raise ValueError("overrides must be a dict of TrainConfig fields or the JSON text of one, e.g. "
+                         f"-p overrides '{{\"lambda_nce\": 2}}'; got {overrides!r}")
+    scale = runner_scale(scale, device)
+    settings = {**RUNNER_SCALES[scale], "dataset": dataset, "device": device, "seed": seed,
+                **{k: v for k, v in sizes.items() if v is not None}, **fields}
+    if scale != "paper" and str(preset).lower() == "sincut":  # 64 px crops zoomed from the one image
+        settings.update(load_size=max(settings.get("load_size", 64), 64), crop_size=64)
+    return C.preset(str(preset), **settings)
+
+
+def check_runs(grid: dict, gpus: list | None = None) -> None:
+    """What a dry run can check: every variant (base + its parameters; device cuda with ``gpus``) names a known
+    extractor and makes a valid TrainConfig at the runner's scale. A ValueError names the likely grid key."""
+    from cutlib.evaluate import EXTRACTORS
+
+    for variant, own in grid["variants"].items():
+        params = {**run_parameters(grid, variant, grid["seeds"][0], Path(grid["out"])), **({"device": "cuda"} if gpus else {})}
+        try:
+            if params.get("extractor", "auto") not in ("auto", *EXTRACTORS):
+                raise ValueError(f"extractor must be one of {['auto', *EXTRACTORS]}, got {params['extractor']!r}")
+            runner_config(**{k: v for k, v in params.items() if k in RUNNER_ARGS})
+        except (ValueError, TypeError) as err:
+            keys = [(f"variants.{variant}", own), ("base", grid.get("base", {}))]
+            keys = [f"{w}.{k}" for w, p in keys for k in [f"overrides.{o}" for o in p.get("overrides", {})] + list(p)]
+            key = next((k for k in keys if re.search(rf"\b{re.escape(k.split('.')[-1])}\b", str(err))), f"variants.{variant}")
+            raise ValueError(f"grid file {grid.get('source', '')}: {key}: {err}. Fix that key and run again.") from None
 
 
 def run_parameters(grid: dict, variant: str, seed: int, out_dir: Path) -> dict:
@@ -133,8 +183,7 @@ def run_parameters(grid: dict, variant: str, seed: int, out_dir: Path) -> dict:
 
 def plan_runs(grid: dict) -> list[dict]:
     """Every (variant, seed) of the grid: its folder, notebook parameters and whether its eval.json exists."""
-    out = Path(grid["out"])
-    runs = []
+    out, runs = Path(grid["out"]), []
     for variant in grid["variants"]:
         for seed in grid["seeds"]:
             folder = out / variant / f"seed{seed}"
@@ -168,6 +217,8 @@ def run_grid(grid: dict, jobs: int = 1, gpus: list | None = None, dry_run: bool 
     ``gpus``; then collect the results (``collect``). Returns the runs with status ok / skipped / failed."""
     if jobs < 1:
         raise ValueError(f"jobs must be at least 1, got {jobs}")
+    if gpus:  # load_grid checked the runs with their own devices
+        check_runs(grid, gpus)
     runs = plan_runs(grid)
     todo = [r for r in runs if not r["done"]]
     done = [{**r, "status": "skipped"} for r in runs if r["done"]]
@@ -196,8 +247,7 @@ def run_grid(grid: dict, jobs: int = 1, gpus: list | None = None, dry_run: bool 
             log(f"  [{len(results)}/{len(todo)}] {r['variant']}/seed{r['seed']}: {r['status']} in {r['seconds']} s{where}"
                 + ("" if r["status"] == "ok" else f" (see {Path(r['dir']) / 'papermill.log'})"))
     if Path(grid["out"]).is_dir():
-        table = collect(grid["out"], variants=list(grid["variants"]))
-        log(format_table(table))
+        log(format_table(collect(grid["out"], variants=list(grid["variants"]))))
     return done + results
 
 
@@ -219,16 +269,10 @@ def reevaluate(grid: dict, log=print) -> list[dict]:
 
 
 # ------------------------------------------------------------------ collecting
-def _std(values: list[float]) -> float:
-    """Sample standard deviation (ddof 1); NaN for a single value."""
-    if len(values) < 2:
-        return float("nan")
-    mean = sum(values) / len(values)
-    return math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
-
-
-def _clean(x):
-    return None if isinstance(x, float) and not math.isfinite(x) else x
+def _std(values: list[float]) -> float | None:
+    """Sample standard deviation (ddof 1); None for a single value (or a non-finite one)."""
+    std = statistics.stdev(values) if len(values) > 1 else math.nan
+    return std if math.isfinite(std) else None
 
 
 def collect(out: str | Path, variants: list[str] | None = None, which: str = "final") -> dict:
@@ -255,7 +299,7 @@ def collect(out: str | Path, variants: list[str] | None = None, which: str = "fi
                     values.setdefault(metric, []).append(float(value))
         table["variants"][name] = {
             "seeds": [r.get("run_seed") for r in reports], "n": len(reports),
-            "metrics": {m: {"mean": sum(v) / len(v), "std": _clean(_std(v)), "min": min(v), "max": max(v),
+            "metrics": {m: {"mean": sum(v) / len(v), "std": _std(v), "min": min(v), "max": max(v),
                             "n": len(v), "values": v} for m, v in values.items()},
         }
     stem = "results" if which == "final" else "results_best"
@@ -290,9 +334,8 @@ def _without_machine_paths(obj, runs: Path):
         return {k: _without_machine_paths(v, runs) for k, v in obj.items()}
     if isinstance(obj, list):
         return [_without_machine_paths(v, runs) for v in obj]
-    if isinstance(obj, str) and obj.startswith(("/", "\\")) or (isinstance(obj, str) and obj[1:3] in (":\\", ":/")):
-        path = Path(obj)
-        return str(path.relative_to(runs)) if path.is_relative_to(runs) else path.name
+    if isinstance(obj, str) and (obj.startswith(("/", "\\")) or obj[1:3] in (":\\", ":/")):
+        return str(Path(obj).relative_to(runs)) if Path(obj).is_relative_to(runs) else Path(obj).name
     return obj
 
 
@@ -305,8 +348,7 @@ def ship(out: str | Path, dest: str | Path, thumb_width: int = 128) -> Path:
     if not (out / "results.json").is_file():
         raise FileNotFoundError(f"{out / 'results.json'} does not exist; run the grid (or collect) first")
     dest.mkdir(parents=True, exist_ok=True)
-    table = json.loads((out / "results.json").read_text())
-    table["out"] = out.name  # no machine paths in shipped files
+    table = {**json.loads((out / "results.json").read_text()), "out": out.name}  # no machine paths in shipped files
     (dest / "results.json").write_text(json.dumps(table, indent=1) + "\n")
     for report in sorted(out.glob(f"*/seed*/{EVAL_FILE}")):
         run, target = report.parent, dest / report.parent.relative_to(out)
@@ -333,16 +375,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gpus", default="", help="comma-separated GPU ids: one run per GPU at a time, device cuda")
     p.add_argument("--dry-run", action="store_true", help="list the runs that would execute, run nothing")
     p.add_argument("--collect-only", action="store_true", help="only gather the eval.json files into results.json/csv")
-    p.add_argument("--reevaluate", action="store_true",
-                   help="evaluate every trained run again in one process (one evaluator for all), then collect")
+    p.add_argument("--reevaluate", action="store_true", help="evaluate every trained run again in one process, then collect")
     p.add_argument("--ship", default="", help="then copy the small results (JSON, metrics, thumbnails) to this folder")
     return p
 
 
 def cli(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
-    grid = load_grid(args.config)
     gpus = [g.strip() for g in args.gpus.split(",") if g.strip()] or None
+    try:  # a configuration error is one line naming the file and the key, not a traceback
+        grid = load_grid(args.config, gpus)
+    except (ValueError, TypeError, FileNotFoundError) as err:
+        print("cutlib grid: " + " ".join(str(err).split()), file=sys.stderr)
+        return 1
     if args.reevaluate:
         reevaluate(grid)
     if args.collect_only or args.reevaluate:

@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -85,6 +90,29 @@ def test_an_interrupted_generation_leaves_nothing(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         make_dataset("stripes", root=tmp_path, size=32, n_train=5, n_test=2)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_killed_generation_leaves_a_temporary_that_the_next_one_removes(tmp_path):
+    """A real generating process killed with SIGKILL (no clean-up runs) leaves its temporary folder; the next
+    make_dataset sees that its process is gone, removes it and makes the dataset."""
+    args = dict(size=32, n_train=60, n_test=4)
+    code = f"from cutlib.data import make_dataset; make_dataset('stripes', root={str(tmp_path)!r}, **{args!r})"
+    proc = subprocess.Popen([sys.executable, "-c", code], env=dict(os.environ, OMP_NUM_THREADS="1"))
+    try:
+        deadline = time.monotonic() + 120
+        while len(list(tmp_path.glob(".stripes_*.tmp-*/trainA/*.png"))) < 5:  # mid-generation: a few images written
+            assert proc.poll() is None and time.monotonic() < deadline, "the generation ended before it could be killed"
+            time.sleep(0.01)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()  # reaped: its process id is gone
+    assert proc.returncode == -signal.SIGKILL
+    final = synthetic.dataset_dir("stripes", tmp_path, **args)
+    [left] = list(tmp_path.iterdir())
+    assert left.name.startswith(f".{final.name}.tmp-{proc.pid}-") and left.is_dir() and not final.exists()
+    assert make_dataset("stripes", root=tmp_path, **args) == final
+    assert [p.name for p in tmp_path.iterdir()] == [final.name]
+    assert len(list((final / "trainB").glob("*.png"))) == 60 and (final / "meta.json").is_file()
 
 
 def test_stripes_b_animals_are_about_twice_as_large(stripes):

@@ -186,3 +186,60 @@ def test_cli_dry_run_runs_nothing(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "4 to run" in text and text.count("would run") == 4
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("change, key, message", [
+    ({"variants": {"A": {"preset": "cutt"}}}, "variants.A.preset", "unknown preset 'cutt'"),
+    ({"base": {"scale": "huge"}}, "base.scale", "scale must be one of"),
+    ({"base": {"scale": "tiny", "overrides": {"lambda_nce": "lots"}}}, "base.overrides.lambda_nce", "must be a number"),
+    ({"variants": {"A": {"preset": "cut"}, "B": {"crop_size": 30}}}, "variants.B.crop_size", "multiple of 4"),
+    ({"variants": {"A": {"overrides": {"nce_idt2": False}}}}, "variants.A.overrides.nce_idt2", "did you mean 'nce_idt'"),
+    ({"base": {"scale": "tiny", "extractor": "fid"}}, "base.extractor", "extractor must be one of"),
+    ({"variants": {"A": {"preset": 3}}}, "variants.A.preset", "unknown preset '3'"),
+])
+def test_dry_run_checks_presets_and_every_config_in_one_line(tmp_path, capsys, change, key, message):
+    """The TrainConfig each run would train (base + variant at the runner's scale) is built before anything runs."""
+    from cutlib.__main__ import main
+
+    path = write_grid(tmp_path, {**TINY, "out": str(tmp_path / "out"), **change})
+    assert main(["grid", str(path), "--dry-run"]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == "" and len(captured.err.strip().splitlines()) == 1, captured.err
+    assert f"grid file {path}: {key}: " in captured.err and message in captured.err
+    assert "Traceback" not in captured.err and not (tmp_path / "out").exists()
+
+
+def test_dry_run_checks_the_configs_the_gpus_would_train(tmp_path, capsys):
+    """scale auto is tiny on the CPU but the paper's 256 px crops with --gpus: load_size 100 is too small there."""
+    from cutlib.__main__ import main
+
+    path = write_grid(tmp_path, {**TINY, "out": str(tmp_path / "out"), "base": {"scale": "auto", "load_size": 100}})
+    assert main(["grid", str(path), "--dry-run"]) == 0
+    assert main(["grid", str(path), "--dry-run", "--gpus", "0"]) == 1
+    err = capsys.readouterr().err
+    assert "base.load_size" in err and "crop_size (256) must not exceed load_size (100)" in err
+
+
+def test_cli_config_errors_are_one_line_without_traceback(tmp_path):
+    """A real process: a broken grid file, a missing one, an unknown key -> exit 1 and one line naming file and key."""
+    import subprocess
+    import sys
+
+    (tmp_path / "broken.json").write_text("{")
+    write_grid(tmp_path, {**TINY, "out": "x", "colour": 1}, "unknown.json")
+    write_grid(tmp_path, {**TINY, "out": "x", "variants": {"A": {"preset": "cutt"}}}, "preset.json")
+    for name, words in [("broken.json", "not valid JSON"), ("missing.json", "does not exist"),
+                        ("unknown.json", "'colour'"), ("preset.json", "variants.A.preset")]:
+        done = subprocess.run([sys.executable, "-m", "cutlib", "grid", str(tmp_path / name), "--dry-run"],
+                              capture_output=True, text=True)
+        assert done.returncode == 1 and done.stdout == "", (name, done.stdout, done.stderr)
+        lines = done.stderr.strip().splitlines()
+        assert len(lines) == 1 and str(tmp_path / name) in lines[0] and words in lines[0], (name, done.stderr)
+
+
+def test_load_grid_checks_the_runs_and_run_grid_uses_the_runners_config(tmp_path):
+    grid = G.load_grid(write_grid(tmp_path, {**TINY, "out": "x"}))
+    G.check_runs(grid)  # the shipped grids pass too (test_shipped_configs_load_and_plan_every_ablation)
+    params = G.plan_runs(grid)[2]["parameters"]
+    cfg = G.runner_config(**{k: v for k, v in params.items() if k in G.RUNNER_ARGS})
+    assert cfg.nce_idt is False and cfg.max_steps == 2 and cfg.crop_size == 32
