@@ -25,7 +25,7 @@ from cutlib import config as C
 from cutlib.config import TrainConfig
 from cutlib.data import load_dataset, sample_images
 from cutlib.distributed import average_losses, distribute, setup_distributed, unwrap
-from cutlib.files import atomic_write, write_text
+from cutlib.files import write_text
 from cutlib.models import build_model
 from cutlib.runs import (
     CHECKPOINT,

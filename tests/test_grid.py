@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from cutlib import grid as G
+from cutlib import runner as R
 
 
 def write_grid(tmp_path: Path, grid: dict, name: str = "grid.json") -> Path:
@@ -241,5 +242,5 @@ def test_load_grid_checks_the_runs_and_run_grid_uses_the_runners_config(tmp_path
     grid = G.load_grid(write_grid(tmp_path, {**TINY, "out": "x"}))
     G.check_runs(grid)  # the shipped grids pass too (test_shipped_configs_load_and_plan_every_ablation)
     params = G.plan_runs(grid)[2]["parameters"]
-    cfg = G.runner_config(**{k: v for k, v in params.items() if k in G.RUNNER_ARGS})
+    cfg = R.runner_config(**{k: v for k, v in params.items() if k in R.RUNNER_ARGS})
     assert cfg.nce_idt is False and cfg.max_steps == 2 and cfg.crop_size == 32

@@ -1,4 +1,4 @@
-"""The runner notebook's settings (cutlib.grid.runner_config), and the README's papermill example run for real."""
+"""The runner notebook's settings (cutlib.runner.runner_config), and the README's papermill example run for real."""
 
 import json
 import os
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from cutlib import config as C
-from cutlib import grid as G
+from cutlib import runner as R
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOK = REPO / "notebooks" / "run_experiment.ipynb"
@@ -32,21 +32,21 @@ def test_readme_papermill_overrides_example_runs(tmp_path):
 
 
 def test_overrides_as_dict_or_json_text_give_the_same_config():
-    as_dict = G.runner_config("cut", scale="tiny", overrides={"lambda_nce": 2, "nce_idt": False})
-    as_text = G.runner_config("cut", scale="tiny", overrides='{"lambda_nce": 2, "nce_idt": false}')
+    as_dict = R.runner_config("cut", scale="tiny", overrides={"lambda_nce": 2, "nce_idt": False})
+    as_text = R.runner_config("cut", scale="tiny", overrides='{"lambda_nce": 2, "nce_idt": false}')
     assert as_dict == as_text and as_text.lambda_nce == 2.0 and as_text.nce_idt is False
-    assert G.runner_config("cut", scale="tiny", overrides="{}") == G.runner_config("cut", scale="tiny")
+    assert R.runner_config("cut", scale="tiny", overrides="{}") == R.runner_config("cut", scale="tiny")
 
 
 @pytest.mark.parametrize("bad", ["lambda_nce=2", "[1, 2]", '"text"', "", 3, ["lambda_nce"]])
 def test_overrides_that_are_not_an_object_are_a_clear_error(bad):
     with pytest.raises(ValueError, match=r"overrides must be a dict of TrainConfig fields or the JSON text of one"):
-        G.runner_config("cut", scale="tiny", overrides=bad)
+        R.runner_config("cut", scale="tiny", overrides=bad)
 
 
 def test_unknown_override_field_is_named():
     with pytest.raises(ValueError, match="nce_idt2"):
-        G.runner_config("cut", scale="tiny", overrides='{"nce_idt2": false}')
+        R.runner_config("cut", scale="tiny", overrides='{"nce_idt2": false}')
 
 
 def test_runner_config_defaults_are_the_notebooks():
@@ -55,30 +55,30 @@ def test_runner_config_defaults_are_the_notebooks():
     import papermill
 
     defaults = {name: eval(p["default"]) for name, p in papermill.inspect_notebook(str(NOTEBOOK)).items()}
-    signature = inspect.signature(G.runner_config).parameters
+    signature = inspect.signature(R.runner_config).parameters
     for name in ("preset", "dataset", "scale", "device", "seed"):
         assert signature[name].default == defaults[name], name
     assert defaults["overrides"] == {} and signature["overrides"].default is None
-    assert set(G.RUNNER_ARGS) <= set(defaults)  # every argument is a parameter of the notebook
+    assert set(R.RUNNER_ARGS) <= set(defaults)  # every argument is a parameter of the notebook
 
 
 def test_scales_sizes_and_auto():
-    tiny = G.runner_config("cut", scale="tiny")
+    tiny = R.runner_config("cut", scale="tiny")
     assert (tiny.crop_size, tiny.ngf, tiny.max_steps) == (C.TINY_SCALE["crop_size"], C.TINY_SCALE["ngf"], 20)
-    assert G.runner_config("cut", scale="cpu").crop_size == C.CPU_SCALE["crop_size"]
-    assert G.runner_config("cut", scale="paper", device="cuda").crop_size == C.CUT().crop_size == 256
-    sized = G.runner_config("fastcut", scale="tiny", max_steps=None, crop_size=24, batch_size=2)
+    assert R.runner_config("cut", scale="cpu").crop_size == C.CPU_SCALE["crop_size"]
+    assert R.runner_config("cut", scale="paper", device="cuda").crop_size == C.CUT().crop_size == 256
+    sized = R.runner_config("fastcut", scale="tiny", max_steps=None, crop_size=24, batch_size=2)
     assert (sized.max_steps, sized.crop_size, sized.batch_size) == (20, 24, 2)  # None: the scale's value
-    assert G.runner_scale("auto", "cuda:1") == "paper" and G.runner_scale("auto", "cpu") == "tiny"
+    assert R.runner_scale("auto", "cuda:1") == "paper" and R.runner_scale("auto", "cpu") == "tiny"
     with pytest.raises(ValueError, match="scale must be one of"):
-        G.runner_scale("huge")
+        R.runner_scale("huge")
 
 
 def test_sincut_at_the_small_scales_is_valid():
-    cfg = G.runner_config("sincut", scale="tiny")
+    cfg = R.runner_config("sincut", scale="tiny")
     assert cfg.crop_size == 64 and cfg.load_size >= 64
 
 
 def test_unknown_preset_is_named():
     with pytest.raises(ValueError, match="unknown preset 'cutt'; valid presets"):
-        G.runner_config("cutt", scale="tiny")
+        R.runner_config("cutt", scale="tiny")
