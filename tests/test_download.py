@@ -31,7 +31,11 @@ FAST = dict(retries=2, backoff=0.0, timeout=5, progress=False)
 
 
 class Handler(BaseHTTPRequestHandler):
-    """Serves ``server.files``; honours ``Range: bytes=N-`` when ``server.ranges``; may cut a reply short."""
+    """Serves ``server.files``; honours ``Range: bytes=N-`` when ``server.ranges``; may cut a reply short.
+
+    ``server.range_from_zero`` ("from zero" or "absent"): answer a Range request with 206 but the
+    bytes from 0, with a Content-Range that says so, or with none.
+    """
 
     def do_GET(self):
         srv, path = self.server, self.path.split("?")[0]
@@ -48,8 +52,11 @@ class Handler(BaseHTTPRequestHandler):
                 self.send_header("Content-Range", f"bytes */{len(data)}")
                 self.end_headers()
                 return
+            if srv.range_from_zero:
+                start = 0
             self.send_response(206)
-            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+            if srv.range_from_zero != "absent":
+                self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
         else:
             self.send_response(200)
         body = data[start:]
@@ -69,6 +76,7 @@ class Handler(BaseHTTPRequestHandler):
 def server():
     srv = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     srv.files, srv.log, srv.ranges, srv.cut_once, srv.cut_always = {}, [], True, set(), set()
+    srv.range_from_zero = None
     thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     srv.url = f"http://127.0.0.1:{srv.server_address[1]}"
@@ -174,7 +182,7 @@ def test_wrong_checksum_raises_and_leaves_nothing(server, tmp_path):
 def test_archive_cut_short_raises_and_leaves_nothing(server, tmp_path, kind):
     data = _zip(_toy_members()) if kind == "zip" else _tar_gz(_toy_members())
     server.files[f"/short.{kind}"] = data[: len(data) * 2 // 3]
-    with pytest.raises(BadArchiveError):
+    with pytest.raises(BadArchiveError, match="was deleted"):
         download_archive(f"{server.url}/short.{kind}", tmp_path / "toy", **FAST)
     assert list(tmp_path.iterdir()) == []
 

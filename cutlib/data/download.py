@@ -7,8 +7,12 @@ Only the standard library talks HTTP.
 from __future__ import annotations
 
 import argparse
+import errno
 import hashlib
 import http.client
+import io
+import re
+import shutil
 import tarfile
 import time
 import urllib.error
@@ -21,14 +25,19 @@ from pathlib import Path, PurePosixPath
 
 from tqdm.auto import tqdm
 
-from cutlib.files import staged_folder
+from cutlib.files import DiskFullError, staged_folder
 from cutlib.paths import data_root
 
 CHUNK = 1 << 16
+BLOCK = 512  # tar's block: an archive ends with two blocks of zeros
 
 
 class DownloadError(RuntimeError):
-    """The server could not be reached, or kept failing."""
+    """The file could not be downloaded: the server is unreachable or keeps failing, or the disk refuses it."""
+
+
+class LocalWriteError(DownloadError):
+    """The downloaded bytes cannot be written (read-only disk, no permission, ...): not retried."""
 
 
 class ChecksumError(RuntimeError):
@@ -43,6 +52,10 @@ class BadArchiveError(RuntimeError):
     """The archive cannot be read (cut short, or not an archive at all)."""
 
 
+class IncompleteArchiveError(BadArchiveError):
+    """The archive ends early (a tar without its end-of-archive blocks): its bytes so far can be resumed."""
+
+
 # ----------------------------------------------------------------------------------------------
 # one file over HTTP
 
@@ -55,50 +68,125 @@ def file_hash(path: Path, algorithm: str = "sha256") -> str:
     return digest.hexdigest()
 
 
-def _fetch(url: str, part: Path, timeout: float, progress: bool) -> None:
-    """One attempt: append to ``part`` from where it stops (HTTP Range), or restart if unsupported."""
-    have = part.stat().st_size if part.exists() else 0
+def _local_error(err: OSError, part: Path) -> DownloadError | DiskFullError:
+    """The error to stop with when ``part`` (or its folder) cannot be written: says which folder and what to do."""
+    folder = part.parent
+    while not folder.is_dir() and folder != folder.parent:  # the folder to create: its nearest existing parent
+        folder = folder.parent
+    elsewhere = "download to another folder (python -m cutlib download NAME --root DIR, or CUTLIB_DATA=DIR)"
+    size = part.stat().st_size if part.is_file() else 0
+    kept = f"; the {size} bytes downloaded so far stay in {part} and resume" if size else ""
+    if err.errno == errno.ENOSPC:
+        free = shutil.disk_usage(folder).free
+        return DiskFullError(errno.ENOSPC, f"no space left on the device of {folder} ({free} bytes free): free some "
+                                           f"space or {elsewhere}, then run the same command again{kept}")
+    if err.errno == errno.EROFS:
+        what = f"{part.parent} is on a read-only file system"
+    elif err.errno in (errno.EACCES, errno.EPERM):
+        what = f"no permission to write in {part.parent}"
+    else:
+        what = f"cannot write {part} ({err.strerror or err})"
+    return LocalWriteError(f"{what}: {elsewhere}, or fix the folder, then run the same command again{kept}")
+
+
+def _content_range(header: str | None) -> tuple[int | None, int | None]:
+    """(first byte, total size) of ``Content-Range: bytes F-L/T`` (or ``bytes */T``); None for what it lacks."""
+    match = re.fullmatch(r"\s*bytes\s+(?:(\d+)-\d+|\*)/(\d+|\*)\s*", header or "")
+    first, total = match.groups() if match else (None, None)
+    return (int(first) if first else None), (int(total) if total not in (None, "*") else None)
+
+
+def _request(url: str, have: int, timeout: float):  # -> the response, from byte ``have`` on
     headers = {"User-Agent": "cutlib-downloader"}
     if have:
         headers["Range"] = f"bytes={have}-"
-    request = urllib.request.Request(url, headers=headers)
+    # a fresh opener each time: urlopen() caches one built from the proxy settings of its first call
+    return urllib.request.build_opener().open(urllib.request.Request(url, headers=headers), timeout=timeout)
+
+
+def _restart(url: str, part: Path, message: str, warned: set[str]) -> None:
+    if url not in warned:  # once per download, however many tries it takes
+        warned.add(url)
+        warnings.warn(f"{part.name[:-5]}: {message}; downloading it again from the start", stacklevel=4)
+
+
+def _save(response, part: Path, start: int, total: int | None, progress: bool) -> None:
+    """Write the body of ``response`` to ``part`` from byte ``start``; a local write error stops at once."""
     try:
-        # a fresh opener each time: urlopen() caches one built from the proxy settings of its first call
-        response = urllib.request.build_opener().open(request, timeout=timeout)
-    except urllib.error.HTTPError as err:
-        if err.code == 416 and have:  # nothing left to fetch: the part file is complete
-            return
-        raise
-    with response:
-        if have and response.status != 206:
-            have = 0  # the server ignored Range: start again
-        length = response.headers.get("Content-Length")
-        total = have + int(length) if length is not None else None
-        with open(part, "ab" if have else "wb") as f, tqdm(
-            total=total, initial=have, unit="B", unit_scale=True, desc=part.name[:-5], disable=not progress
-        ) as bar:
-            while chunk := response.read(CHUNK):
-                f.write(chunk)
-                bar.update(len(chunk))
-    if total is not None and part.stat().st_size < total:
-        raise http.client.IncompleteRead(b"", total - part.stat().st_size)
+        f = open(part, "ab" if start else "wb", buffering=0)  # unbuffered: every write error surfaces here
+    except OSError as err:
+        raise _local_error(err, part) from err
+    with f, tqdm(total=total, initial=start, unit="B", unit_scale=True, desc=part.name[:-5], disable=not progress) as bar:
+        while chunk := response.read(CHUNK):  # a network error is raised here, and retried
+            view = memoryview(chunk)
+            try:
+                while view:
+                    view = view[f.write(view):]
+            except OSError as err:
+                raise _local_error(err, part) from err
+            bar.update(len(chunk))
+
+
+def _fetch(url: str, part: Path, timeout: float, progress: bool, warned: set[str]) -> None:
+    """One attempt: append to ``part`` from where it stops (HTTP Range), or restart from 0 when the
+    server ignores the range or answers it with bytes from elsewhere."""
+    have = part.stat().st_size if part.exists() else 0
+    while True:
+        try:
+            response = _request(url, have, timeout)
+        except urllib.error.HTTPError as err:
+            if err.code == 416 and have:  # nothing left to fetch: the part file is complete, if its size is right
+                _, size = _content_range(err.headers.get("Content-Range"))
+                if size is None or size == have:
+                    return
+                _restart(url, part, f"the {have} bytes kept do not match the file's {size}", warned)
+                have = 0
+                continue
+            raise
+        with response:
+            said = response.headers.get("Content-Range")
+            first, total = _content_range(said)
+            start = have if have and response.status == 206 else 0  # a 200 ignored the range: start again
+            if start and first != have:
+                said = f"Content-Range {said!r}" if said else "no Content-Range"
+                _restart(url, part, f"asked to resume at byte {have}, the server answered with {said}", warned)
+                if first != 0:  # bytes of an unknown place: ask again for the whole file
+                    have = 0
+                    continue
+                start = 0
+            length = response.headers.get("Content-Length")
+            if total is None and length is not None:
+                total = start + int(length)
+            _save(response, part, start, total, progress)
+        if total is not None and part.stat().st_size < total:
+            raise http.client.IncompleteRead(b"", total - part.stat().st_size)
+        return
 
 
 def download_file(url: str, path: str | Path, sha256: str | None = None, md5: str | None = None,
-                  retries: int = 4, backoff: float = 1.0, timeout: float = 30.0, progress: bool = True) -> Path:
+                  retries: int = 4, backoff: float = 1.0, timeout: float = 30.0, progress: bool = True, *,
+                  announce: bool = True) -> Path:
     """Download ``url`` to ``path`` through ``path.part`` (resumed on the next try), then verify it.
 
-    A wrong sha256 deletes the file and raises; without one, the computed hash is printed.
-    After ``retries`` failed tries the partial file is kept so that running again resumes it.
+    A wrong sha256 deletes the file and raises; without one, the computed hash is printed (unless
+    ``announce`` is False). After ``retries`` failed tries the partial file is kept so that running
+    again resumes it. A file that cannot be written here (disk full, read-only, no permission)
+    stops at once, keeping the bytes so far.
     """
     path = Path(path)
     part = path.with_name(path.name + ".part")
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise _local_error(err, part) from err
     if not path.exists():
+        warned: set[str] = set()
         for attempt in range(retries + 1):
             try:
-                _fetch(url, part, timeout, progress)
+                _fetch(url, part, timeout, progress, warned)
                 break
+            except DiskFullError:
+                raise
             except urllib.error.HTTPError as err:
                 if 400 <= err.code < 500 and err.code not in (408, 429):
                     raise DownloadError(f"{url} answered HTTP {err.code} ({err.reason}): the address may have "
@@ -114,14 +202,19 @@ def download_file(url: str, path: str | Path, sha256: str | None = None, md5: st
             raise DownloadError(f"could not download {url} after {retries + 1} tries ({failure}). "
                                 f"Are you offline, or is {host} down?{kept}. You can also fetch the file "
                                 f"by hand and save it as {path}.") from failure
-        part.rename(path)
+        try:
+            part.rename(path)
+        except OSError as err:
+            raise _local_error(err, part) from err
+    if sha256 is None and not announce:
+        return path
     got = file_hash(path)
     if sha256 is not None and got != sha256.lower():
         path.unlink()
         raise ChecksumError(f"{url}: sha256 is {got}, expected {sha256}; the file was deleted. "
                             "The server may have changed it, or the download was corrupted: try again.")
     if sha256 is None:
-        print(f"sha256 of {path.name}: {got} (not in the catalog yet: add it to data/catalog.json)")
+        print(f"sha256 of {path.name}: {got} (not in the catalog yet: add it to the catalog, cutlib.data.catalog)")
     if md5 is not None and file_hash(path, "md5") != md5.lower():
         warnings.warn(f"{path.name}: md5 differs from the catalog's (third-party) value {md5}", stacklevel=2)
     return path
@@ -146,7 +239,12 @@ def safe_extract(archive: Path, target: Path) -> None:
         # tar first: a plain tar holding .pth files (torch saves zips) also passes is_zipfile
         if tarfile.is_tarfile(archive):
             with tarfile.open(archive) as tf:
-                members = tf.getmembers()  # reads the whole archive: a cut-short one fails here
+                try:
+                    members = tf.getmembers()  # reads every header: a cut inside a member's data fails here
+                except tarfile.ReadError:
+                    _check_tar_end(tf, archive, read_all=False)
+                    raise
+                _check_tar_end(tf, archive)
                 for m in members:
                     _check_member(m.name, m.issym() or m.islnk() or m.isdev(), target)
                 tf.extractall(target, members=members, filter="data")
@@ -159,7 +257,23 @@ def safe_extract(archive: Path, target: Path) -> None:
         else:
             raise BadArchiveError(f"{archive.name} is neither a zip nor a tar archive (cut short, or an error page?)")
     except (zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error) as err:
-        raise BadArchiveError(f"{archive.name} is damaged ({err}); it was deleted, download it again") from err
+        raise BadArchiveError(f"{archive.name} is damaged ({err})") from err
+
+
+def _check_tar_end(tf: tarfile.TarFile, archive: Path, read_all: bool = True) -> None:
+    """A plain tar cut at a member boundary or in a header reads as a shorter, valid one: only its end block
+    (zeros, right after the last member) tells; one cut in a member's data stops where that member should
+    end. A compressed tar cut short fails in its decompressor instead (and is not resumed)."""
+    if not isinstance(tf.fileobj, io.BufferedReader):
+        return
+    size = archive.stat().st_size
+    tf.fileobj.seek(min(tf.offset, size))
+    block = tf.fileobj.read(BLOCK) if read_all else b""
+    if tf.offset > size or (read_all and len(block) < BLOCK):
+        raise IncompleteArchiveError(f"{archive.name} is cut short: it stops at byte {size}, before the end "
+                                     f"of the archive, after {len(tf.members)} whole members")
+    if block.strip(b"\0"):  # tarfile stops quietly at a header it cannot read
+        raise BadArchiveError(f"{archive.name} is damaged: unreadable header at byte {tf.offset}")
 
 
 def _archive_name(url: str, dest: Path) -> str:
@@ -176,7 +290,9 @@ def download_archive(url: str, dest: str | Path, sha256: str | None = None, extr
     The archive is extracted into a temporary folder renamed to ``dest`` only when complete; a
     single top-level folder is unwrapped. ``rearrange`` maps new sub-folders to archive folders
     (e.g. {"trainA": "train/cat"}). ``extract=False``: ``dest`` is the downloaded file itself.
-    On a bad checksum or a bad archive nothing is left behind.
+    A bad checksum or a damaged archive leaves nothing behind; an archive cut short is kept as
+    ``.part`` to be resumed; when extraction stops otherwise (a full disk, Ctrl-C) the verified
+    archive stays, so that the next run only extracts it.
     """
     dest = Path(dest)
     if not extract:
@@ -184,7 +300,7 @@ def download_archive(url: str, dest: str | Path, sha256: str | None = None, extr
     if dest.is_dir() and any(dest.iterdir()):
         return dest
     archive = dest.parent / _archive_name(url, dest)
-    download_file(url, archive, sha256, md5, retries, backoff, timeout, progress)
+    download_file(url, archive, sha256, md5, retries, backoff, timeout, progress, announce=False)
     def fill(tmp: Path) -> Path:
         safe_extract(archive, tmp)
         entries = list(tmp.iterdir())
@@ -199,14 +315,36 @@ def download_archive(url: str, dest: str | Path, sha256: str | None = None, extr
             src = arranged
         return src
 
-    try:
-        staged_folder(dest, fill)
-    except BaseException:
-        archive.unlink(missing_ok=True)
-        raise
+    _extract_keeping_what_is_good(archive, dest, fill)
+    if sha256 is None:  # only now: the checksum of an archive that turned out cut short is never offered
+        print(f"sha256 of {archive.name}: {file_hash(archive)} (not in the catalog yet: add it to the catalog, "
+              "cutlib.data.catalog)")
     if not keep_archive:
         archive.unlink(missing_ok=True)
     return dest
+
+
+def _extract_keeping_what_is_good(archive: Path, dest: Path, fill) -> None:
+    """staged_folder(dest, fill); a cut-short archive goes back to ``.part`` to be resumed, a damaged
+    or unsafe one is deleted, and on anything else (a full disk, Ctrl-C) the complete archive stays."""
+    try:
+        staged_folder(dest, fill)
+    except IncompleteArchiveError as err:
+        part = archive.with_name(archive.name + ".part")
+        archive.replace(part)
+        raise IncompleteArchiveError(f"{err}; its bytes are kept in {part}: run the same command again to resume "
+                                     f"the download (if this repeats, the server's file is itself incomplete: "
+                                     f"delete {part} and tell the catalog's maintainers)") from err
+    except (BadArchiveError, UnsafeArchiveError) as err:
+        archive.unlink(missing_ok=True)
+        again = ": run the same command again to download it anew" if isinstance(err, BadArchiveError) else ""
+        raise type(err)(f"{err}; the archive {archive} was deleted{again}") from err
+    except DiskFullError as err:
+        raise DiskFullError(errno.ENOSPC, f"{err.strerror}; the downloaded archive {archive} is kept, so the "
+                                          "next run only extracts it") from err
+    except BaseException as err:
+        err.add_note(f"the downloaded archive {archive} is kept: the next run only extracts it")
+        raise
 
 
 def download_dataset(name: str, root: str | Path | None = None, entry: dict | None = None, **kwargs) -> Path:
@@ -251,8 +389,8 @@ def cli(argv: list[str]) -> int:
     try:
         extra = {"keep_archive": True} if args.keep_archive and "files" not in entry else {}
         path = download_dataset(args.name, args.root, **extra)
-    except (DownloadError, ChecksumError, UnsafeArchiveError, BadArchiveError) as err:
-        print(f"error: {err}")
+    except (DownloadError, ChecksumError, UnsafeArchiveError, BadArchiveError, DiskFullError) as err:
+        print(f"error: {err.strerror if isinstance(err, DiskFullError) else err}")
         return 1
     print(f"ready: {path}")
     return 0
