@@ -101,6 +101,8 @@ def staged_folder(final: str | Path, fill: Callable[[Path], Path | None], keep_e
         except OSError:
             if not (keep_existing and final.is_dir() and any(final.iterdir())):
                 raise
+    except DiskFullError:
+        raise  # already says which folder (e.g. a download's own message)
     except (OSError, RuntimeError) as err:
         full = _disk_full(err, final.parent)
         if full is not None:

@@ -113,7 +113,7 @@ def test_installed_package_is_the_wheel_not_the_clone(installed):
              "out.update(home_data=str(P.data_root()), home_runs=str(P.runs_root()))\n"
              "print(json.dumps(out))")
     got = json.loads(_python(installed, "-c", probe).splitlines()[-1])
-    site, tmp, env = installed["site"], installed["tmp"], installed["env"]
+    site, env = installed["site"], installed["env"]
     assert Path(got["file"]).resolve().is_relative_to(site.resolve()), f"imported {got['file']}, not the installed wheel"
     assert got["repo"] == "None", "an installed package must not think it runs from a clone"
     assert (got["data"], got["runs"]) == (env["CUTLIB_DATA"], env["CUTLIB_RUNS"])
