@@ -11,7 +11,9 @@ import argparse
 import json
 import math
 import sys
+import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -27,10 +29,12 @@ from cutlib.files import write_text
 from cutlib.images import to_uint8
 from cutlib.metrics import (
     FeatureExtractor,
+    FewImagesWarning,
     RandomConvExtractor,
     extractor_record,
     feature_statistics,
     frechet_distance,
+    few_images_message,
     image_features,
     kid,
 )
@@ -118,6 +122,27 @@ def make_extractor(name: str, benchmark: str | None, evaluator: BuiltinEvaluator
     raise ValueError(f"extractor must be one of {list(EXTRACTORS)}, got {name!r}")
 
 
+def check_writable(folder: Path) -> None:
+    """Raise PermissionError, before any work, when ``folder`` cannot take eval.json (a file is really
+    created and removed: permission bits say nothing to root, nor about read-only mounts)."""
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=f".{EVAL_FILE}.check-"):
+            pass
+    except OSError as err:
+        raise PermissionError(f"cannot write {EVAL_FILE} into {folder} ({err.strerror or err}): make the run folder "
+                              "writable, or copy the run elsewhere and evaluate the copy") from None
+
+
+def _loud(call, *args):
+    """call(*args), its warnings re-emitted to the caller and returned as messages (they go into eval.json)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = call(*args)
+    for w in caught:
+        warnings.warn(w.message, w.category, stacklevel=3)
+    return result, [str(w.message) for w in caught]
+
+
 def evaluate_run(run_dir: str | Path, split: str = "test", extractor: str = "builtin", device: str | None = None,
                  epochs: str = "all", best_by: str = "fid", seed: int = 0, evaluator_steps: int = 300,
                  progress: bool = False) -> dict:
@@ -137,6 +162,7 @@ def evaluate_run(run_dir: str | Path, split: str = "test", extractor: str = "bui
         raise ValueError(f"best_by must be a metric with a direction: {[k for k, v in METRICS.items() if v[0]]}, got {best_by!r}")
     device = resolve_device(device)
     checkpoints = run_checkpoints(run_dir, epochs)  # (fails first if there is no run)
+    check_writable(run_dir)  # a read-only run folder fails here, not after all the work
     cfg, model = load_run(run_dir, device=device)
     final_G = {k: v.clone() for k, v in model.G.state_dict().items()}  # snapshots overwrite model.G below
     if cfg.model == "sincut":
@@ -152,7 +178,11 @@ def evaluate_run(run_dir: str | Path, split: str = "test", extractor: str = "bui
     if extractor == "builtin":
         features_of = make_extractor(extractor, benchmark, evaluator, device, seed)
 
-    data = load_split(dataset_dir, split, size)
+    data, notes = _loud(load_split, dataset_dir, split, size)  # unreadable images: skipped, named
+    few = few_images_message(len(data["real"]), len(data["inputs"]))
+    if few is not None:
+        warnings.warn(few, FewImagesWarning, stacklevel=2)
+        notes.append(few)
     real_features = image_features(data["real"], features_of)
     real_stats = feature_statistics(real_features)
     # KID subsets of half the smaller set (at most 1000): with subsets as large as the set, every
@@ -165,7 +195,9 @@ def evaluate_run(run_dir: str | Path, split: str = "test", extractor: str = "bui
         model.eval()
         outputs = translate_images(model, data["inputs"])
         fake_features = image_features(outputs, features_of)
-        kid_mean, kid_std = kid(real_features, fake_features, num_subsets=100, subset_size=kid_subset, seed=seed)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FewImagesWarning)  # said once above
+            kid_mean, kid_std = kid(real_features, fake_features, num_subsets=100, subset_size=kid_subset, seed=seed)
         metrics = {"fid": frechet_distance(*real_stats, *feature_statistics(fake_features)), "kid_mean": kid_mean, "kid_std": kid_std}
         metrics.update(benchmark_scores(benchmark, evaluator, outputs, data))
         results.append({**item, "metrics": metrics})
@@ -196,6 +228,7 @@ def evaluate_run(run_dir: str | Path, split: str = "test", extractor: str = "bui
         "metric_info": {k: {"better": METRICS[k][0], "what": METRICS[k][1],
                             "num_images": ({"real": num["real"], "fake": num["inputs"]} if k.startswith(("fid", "kid")) else num["inputs"])}
                         for k in names},
+        "warnings": notes,
         "note": "final = the last weights of the run; best = the epoch with the best "
                 f"{best_by} on this split, an optimistic pick (papers often report only the best epoch)",
         "cutlib_version": __version__,
@@ -237,7 +270,7 @@ def cli(argv: list[str]) -> int:
     try:
         report = evaluate_run(args.run_dir, split=args.split, extractor=args.extractor, device=args.device,
                               epochs=args.epochs, best_by=args.best_by, progress=not args.no_progress)
-    except (ValueError, FileNotFoundError) as err:  # InceptionWeightsNotFound is a FileNotFoundError
+    except (ValueError, OSError) as err:  # InceptionWeightsNotFound is a FileNotFoundError; read-only, disk full
         print(f"cutlib evaluate: {err}", file=sys.stderr)
         return 1
     print(_summary(report))

@@ -102,6 +102,25 @@ def mmd2_unbiased(x: np.ndarray, y: np.ndarray, degree: int = 3, gamma: float | 
     return float(same_x + same_y - 2 * k_xy.mean())
 
 
+# Below ~50 images a side FID/KID say little: KID's subsets (evaluate draws half the smaller set)
+# hold under 25 images and overlap, so their std shrinks towards 0 instead of measuring the spread
+# (2 images: every subset is the whole set, std 0); FID's covariance of D-dim features from N < D
+# images is rank-deficient and biased upwards. Both then follow the test images more than the model.
+MIN_IMAGES = 50
+
+
+class FewImagesWarning(UserWarning):
+    """FID/KID computed from fewer than MIN_IMAGES images on a side."""
+
+
+def few_images_message(n_real: int, n_fake: int, minimum: int = MIN_IMAGES) -> str | None:
+    """The warning for FID/KID over ``n_real`` and ``n_fake`` images, or None when both reach ``minimum``."""
+    return None if min(n_real, n_fake) >= minimum else (
+        f"FID/KID from only {n_real} real and {n_fake} generated images (fewer than {minimum}): the scores are unreliable "
+        f"and KID's std over subsets is no spread (0 when a subset is the whole set); use at least {minimum} test images "
+        "a side, thousands to compare with papers")
+
+
 def kid_subset_size(n_a: int, n_b: int, subset_size: int = 1000) -> int:
     """The subset size KID uses: subset_size clipped to the smaller set (one rule for kid and kid_score)."""
     return min(subset_size, n_a, n_b)
@@ -122,6 +141,7 @@ def kid(
     Each subset draws ``kid_subset_size(...)`` rows of each set without replacement; the kernel is
     k(x, y) = (x.y / D + 1)^3 as in Binkowski et al. 2018 and torch-fidelity. Unbiased means it can
     be negative: a set against itself gives -(2/m)(mean k(x, x) - mean k(x, x') over x != x'), not 0.
+    Fewer than MIN_IMAGES rows on a side give a FewImagesWarning.
     """
     a, b = _to_numpy(features_a), _to_numpy(features_b)
     if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
@@ -131,6 +151,8 @@ def kid(
         raise ValueError(f"KID needs at least 2 feature rows on each side, got {len(a)} and {len(b)}")
     if num_subsets < 1:
         raise ValueError(f"num_subsets must be >= 1, got {num_subsets}")
+    if (message := few_images_message(len(a), len(b))) is not None:
+        warnings.warn(message, FewImagesWarning, stacklevel=2)
     rng = np.random.default_rng(seed)
     values = [
         mmd2_unbiased(a[rng.choice(len(a), size, replace=False)], b[rng.choice(len(b), size, replace=False)], degree, gamma, coef0)

@@ -3,16 +3,20 @@
     G = load_generator("runs/h2z", device="cpu")   # run folder, checkpoint.pt, epochs/G_epochNNN.pt, latest_net_G.pth
     y = translate_image(G, x)                       # x: (3, H, W) or (B, 3, H, W) in [-1, 1], any H and W
 
-    python -m cutlib translate --checkpoint CKPT --input FILE_OR_DIR --output DIR [--tile 512]
+    python -m cutlib translate --checkpoint CKPT --input FILE_OR_DIR --output DIR [--tile 512] [--max-memory GB]
 
 Both generators are fully convolutional (book/reference.md sections 3 and 7), so an image of any size
 is padded to a multiple of 4 (two stride-2 stages), translated and cropped back to its own size.
+Before a whole-image translation the memory it needs is estimated (``whole_image_bytes``); above the
+limit (half the memory available now, or ``max_memory``) it is refused with the tile size to use.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import weakref
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -22,6 +26,7 @@ from PIL import Image
 from torch import Tensor, nn
 
 from cutlib.device import resolve_device
+from cutlib.files import atomic_write
 from cutlib.images import to_uint8
 from cutlib.runs import CHECKPOINT, CheckpointError, load_checkpoint
 
@@ -95,7 +100,8 @@ def _translate_tiled(G: nn.Module, x: Tensor, tile: int, overlap: int) -> Tensor
 
 
 @torch.no_grad()
-def translate_image(G: nn.Module, image: Tensor, multiple: int = 4, tile: int | None = None, overlap: int = 32) -> Tensor:
+def translate_image(G: nn.Module, image: Tensor, multiple: int = 4, tile: int | None = None, overlap: int = 32,
+                    max_memory: float | None | str = "auto") -> Tensor:
     """G(image) for an image of any size: (C, H, W) or (B, C, H, W) in [-1, 1] -> the same shape.
 
     The image is reflect-padded to a multiple of ``multiple`` and the output cropped back.
@@ -105,6 +111,8 @@ def translate_image(G: nn.Module, image: Tensor, multiple: int = 4, tile: int | 
     the ResNet generator's instance norm normalises each tile with its own statistics, so tile colours
     can drift apart; keep tiles large (hundreds of pixels) for it. The StyleGAN2 (SinCUT) generator has
     no normalisation and tiles well.
+    ``max_memory``: bytes a whole-image translation may take ("auto": ``memory_limit``; None: no check);
+    above it a TooLargeError says which tile to use.
     """
     if not isinstance(image, Tensor) or image.dim() not in (3, 4):
         got = tuple(image.shape) if isinstance(image, Tensor) else type(image).__name__
@@ -117,11 +125,92 @@ def translate_image(G: nn.Module, image: Tensor, multiple: int = 4, tile: int | 
     h, w = x.shape[-2:]
     x = pad_to_multiple(x.to(device, torch.float32), multiple)  # (B, C, H', W')
     if tile is None or (tile >= x.shape[-2] and tile >= x.shape[-1]):
+        if max_memory is not None and x.shape[-2] * x.shape[-1] > _PROBE**2:
+            check_memory(G, h, w, len(x), None if max_memory == "auto" else max_memory)
         out = G(x)
     else:
         out = _translate_tiled(G, x, tile, overlap)
     out = out[..., :h, :w].to(image.device)  # crop the padding back off
     return out[0] if single else out
+
+
+# ----------------------------------------------------------------------------------------------
+# memory of a whole-image translation
+
+# Peak memory of a forward pass, measured on CPU (ResNet generator, ngf 8, 256 to 2048 px squares):
+# about twice the largest input + output of one layer (both live at once, plus the layer's own
+# temporaries, e.g. instance norm's), i.e. ~260 bytes a pixel at ngf 8, ~10 GB for 6000 x 6000.
+MEMORY_FACTOR = 2
+_PROBE = 64  # side of the probe image the per-pixel cost is measured on
+_PER_PIXEL: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # generator -> bytes per pixel
+
+
+class TooLargeError(ValueError):
+    """A whole-image translation that would need more memory than the limit."""
+
+
+def bytes_per_pixel(G: nn.Module) -> float:
+    """Estimated peak memory of ``G`` per input pixel of one image: MEMORY_FACTOR x the largest input +
+    output of one layer, plus the image in and out, measured by running G on a small probe image."""
+    if G in _PER_PIXEL:
+        return _PER_PIXEL[G]
+    largest = 0
+
+    def hook(module, inputs, output):
+        nonlocal largest
+        tensors = [t for t in (*inputs, *(output if isinstance(output, tuple) else (output,))) if isinstance(t, Tensor)]
+        largest = max(largest, sum(t.numel() * t.element_size() for t in tensors))
+
+    handles = [m.register_forward_hook(hook) for m in G.modules() if not list(m.children())]
+    try:
+        with torch.no_grad():
+            x = torch.zeros(1, G.input_nc, _PROBE, _PROBE, device=next(G.parameters()).device)
+            out = G(x)
+    finally:
+        for handle in handles:
+            handle.remove()
+    ends = x.numel() * x.element_size() + out.numel() * out.element_size()
+    _PER_PIXEL[G] = (MEMORY_FACTOR * largest + ends) / _PROBE**2
+    return _PER_PIXEL[G]
+
+
+def whole_image_bytes(G: nn.Module, height: int, width: int, batch: int = 1, multiple: int = 4) -> int:
+    """Estimated memory (bytes) of translating ``batch`` images of ``height`` x ``width`` whole (padded)."""
+    h, w = (max(2 * multiple, -(-s // multiple) * multiple) for s in (height, width))
+    return int(bytes_per_pixel(G) * batch * h * w)
+
+
+def memory_limit(device: torch.device) -> tuple[int, str]:
+    """The default limit (bytes) of a whole-image translation on ``device`` and how it was chosen:
+    half the memory available now (the GPU's free memory; on CPU MemAvailable of /proc/meminfo)."""
+    if device.type == "cuda":
+        free = torch.cuda.mem_get_info(device)[0]
+        return free // 2, f"half the free memory of {device}"
+    try:
+        with open("/proc/meminfo") as f:
+            free = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError):
+        free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    return free // 2, "half the memory available now"
+
+
+def check_memory(G: nn.Module, height: int, width: int, batch: int = 1, max_memory: float | None = None,
+                 name: str = "the image") -> None:
+    """Raise TooLargeError, with the tile size to use, when translating whole needs more than
+    ``max_memory`` bytes (None: ``memory_limit``)."""
+    need = whole_image_bytes(G, height, width, batch)
+    if max_memory is None:
+        limit, why = memory_limit(next(G.parameters()).device)
+    else:
+        limit, why = int(max_memory), "set by max_memory / --max-memory"
+    if need <= limit:
+        return
+    per_tile = bytes_per_pixel(G) * batch
+    tile = next((t for t in (1024, 768, 512, 384, 256, 192, 128, 96, 64, 32, 16, 8) if per_tile * t * t <= limit), None)
+    advice = (f"pass --tile {tile} (tile={tile} in Python; about {per_tile * tile * tile / 1e9:.2g} GB a tile; larger tiles "
+              "keep colours more even)" if tile else "even the smallest tile does not fit: free memory")
+    raise TooLargeError(f"translating {name} ({width}x{height} px) whole needs about {need / 1e9:.2g} GB, more than the "
+                        f"limit of {limit / 1e9:.2g} GB ({why}): {advice}, or raise the limit with --max-memory GB")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -209,11 +298,43 @@ def output_paths(paths: list[Path], root: Path, output: Path, keep_extension: bo
     return out
 
 
+def check_output(input: Path, output: Path) -> None:
+    """Refuse an ``output`` that is an existing file, the input folder itself or a folder inside it
+    (the translations would replace the inputs, or a rerun would translate its own outputs)."""
+    if output.exists() and not output.is_dir():
+        raise ValueError(f"--output {output} is an existing file, not a folder: pass a folder (created if missing)")
+    if input.is_dir():
+        src, dst = input.resolve(), output.resolve()
+        if dst == src or dst.is_relative_to(src):
+            where = "is the input folder" if dst == src else f"is inside the input folder {input}"
+            raise ValueError(f"--output {output} {where}: the translations would overwrite the inputs or be "
+                             f"translated again by a rerun; choose an output folder outside {input}")
+
+
+def _refuse_overwriting_inputs(paths: list[Path], targets: list[Path]) -> None:
+    inputs = {p.resolve(): p for p in paths}
+    for target in targets:
+        if target.resolve() in inputs:
+            raise ValueError(f"{target} would overwrite the input {inputs[target.resolve()]}: choose another --output "
+                             "folder (translations never replace their inputs)")
+
+
+def _save(img: Image.Image, path: Path) -> None:
+    """Write ``img`` to ``path`` atomically (a crash leaves no half-written file), in the suffix's format."""
+    fmt = Image.registered_extensions()[path.suffix.lower()]
+    extra = {"quality": 95} if fmt == "JPEG" else {}
+    atomic_write(path, lambda tmp: img.save(tmp, format=fmt, **extra))
+
+
 def translate_folder(G: nn.Module, input: str | Path, output: str | Path, load_size: int | None = None,
                      tile: int | None = None, overlap: int = 32, keep_extension: bool = False,
-                     progress: bool = True) -> list[Path]:
+                     progress: bool = True, max_memory: float | None | str = "auto") -> list[Path]:
     """Translate every image under ``input`` (a file or a folder, recursive) into ``output``; returns the
-    written files. Grayscale, palette and RGBA inputs are converted as in training (cutlib.data.load_image)."""
+    written files. Grayscale, palette and RGBA inputs are converted as in training (cutlib.data.load_image).
+
+    Nothing is written when ``output`` would overwrite an input or lie inside the input folder, or (without
+    ``tile``) when an image is too large to translate whole within ``max_memory`` (see translate_image).
+    """
     from tqdm.auto import tqdm
 
     from cutlib.data import ImageFolder
@@ -221,12 +342,21 @@ def translate_folder(G: nn.Module, input: str | Path, output: str | Path, load_s
     input, output = Path(input), Path(output)
     if load_size is not None and load_size < 1:
         raise ValueError(f"load_size must be a positive number of pixels, got {load_size}")
+    check_output(input, output)
     data = ImageFolder(input, load_size=load_size, input_nc=G.input_nc)
-    targets = output_paths([Path(p) for p in data.paths], input, output, keep_extension)
+    paths = [Path(p) for p in data.paths]
+    targets = output_paths(paths, input, output, keep_extension)
+    _refuse_overwriting_inputs(paths, targets)
+    if tile is None and max_memory is not None:  # every image checked before the first is written
+        limit = None if max_memory == "auto" else max_memory
+        for path in paths:
+            with Image.open(path) as img:  # the header only
+                width, height = (load_size, load_size) if load_size else img.size
+            check_memory(G, height, width, max_memory=limit, name=str(path))
     for i in tqdm(range(len(data)), desc="translate", unit="img", disable=not progress):
-        fake = translate_image(G, data[i]["image"], tile=tile, overlap=overlap)  # (C_out, H, W)
+        fake = translate_image(G, data[i]["image"], tile=tile, overlap=overlap, max_memory=None)  # (C_out, H, W)
         targets[i].parent.mkdir(parents=True, exist_ok=True)
-        _to_pil(fake).save(targets[i], **({"quality": 95} if targets[i].suffix.lower() in (".jpg", ".jpeg") else {}))
+        _save(_to_pil(fake), targets[i])
     return targets
 
 
@@ -242,16 +372,24 @@ def cli(argv: list[str]) -> int:
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default auto: cuda when available)")
     p.add_argument("--tile", type=int, default=None, help="translate in overlapping tiles of this side (a multiple of 4) to save memory")
     p.add_argument("--overlap", type=int, default=32, help="pixels shared by neighbouring tiles (default 32)")
+    p.add_argument("--max-memory", type=float, default=None, metavar="GB",
+                   help="memory a whole-image translation may take; larger images are refused with the --tile to use "
+                        "(default: half the memory available now)")
     p.add_argument("--load-size", type=int, default=None,
                    help="resize every input to this square size first, as the reference's test (default: keep each image's size)")
     p.add_argument("--format", choices=("png", "same"), default="png", help="png (default) or the input's own extension")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
     try:
-        G = load_generator(args.checkpoint, args.device)
+        if args.max_memory is not None and args.max_memory <= 0:
+            raise ValueError(f"--max-memory must be a positive number of GB, got {args.max_memory}")
+        device = resolve_device(args.device)  # a bad device or --output fails before the checkpoint is read
+        check_output(Path(args.input), Path(args.output))
+        G = load_generator(args.checkpoint, device)
         written = translate_folder(G, args.input, args.output, args.load_size, args.tile, args.overlap,
-                                   keep_extension=args.format == "same", progress=not args.no_progress)
-    except (ValueError, FileNotFoundError) as err:
+                                   keep_extension=args.format == "same", progress=not args.no_progress,
+                                   max_memory="auto" if args.max_memory is None else args.max_memory * 1e9)
+    except (ValueError, OSError) as err:  # OSError: a missing file, a full disk, a folder it may not write
         print(f"cutlib translate: {err}", file=sys.stderr)
         return 1
     print(f"translated {len(written)} image(s) into {args.output}")

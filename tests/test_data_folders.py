@@ -228,6 +228,41 @@ def test_truncated_files_are_skipped_with_one_warning_or_raise_when_strict(tmp_p
         UnpairedImageFolder(root, strict=True)
 
 
+def _truncated(path, fmt, seed=0):
+    """A real BMP or TIFF cut in half: its header parses (and PIL's verify() passes), its pixels end early."""
+    _write(path, np.random.default_rng(seed).integers(0, 256, (40, 44, 3)), format=fmt)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    return path
+
+
+def test_truncated_bmp_and_tiff_are_skipped_before_training_reads_them(tmp_path):
+    root = _noise_folder(tmp_path, n_a=3, n_b=3)
+    bmp, tif = _truncated(root / "trainA" / "cut.bmp", "BMP"), _truncated(root / "trainB" / "cut.tiff", "TIFF")
+    with pytest.warns(UserWarning, match="unreadable") as record:
+        ds = UnpairedImageFolder(root, load_size=36, crop_size=32)
+    messages = " ".join(str(w.message) for w in record)
+    assert "cut.bmp" in messages and "cut.tiff" in messages and "truncated" in messages
+    assert bmp not in ds.paths_A and tif not in ds.paths_B
+    batches = list(torch.utils.data.DataLoader(ds, batch_size=2))  # every item: none is the broken file
+    assert sum(len(b["A"]) for b in batches) == len(ds) == 3
+    with pytest.raises(OSError, match="cut.bmp"):
+        UnpairedImageFolder(root, strict=True)
+
+
+def test_training_on_a_folder_with_truncated_bmp_and_tiff_runs_to_the_end(tmp_path):
+    from cutlib import config as C
+    from cutlib.runs import CHECKPOINT
+    from cutlib.train import train
+
+    root = _noise_folder(tmp_path / "data", n_a=2, n_b=2, size=36)
+    _truncated(root / "trainA" / "cut.bmp", "BMP")
+    _truncated(root / "trainB" / "cut.tif", "TIFF")
+    tiny = {k: v for k, v in C.TINY_SCALE.items() if k != "dataset"}
+    with pytest.warns(UserWarning, match="cut.bmp"):
+        train(C.preset("cut", dataset=str(root), max_steps=4, **tiny), tmp_path / "run", progress=False)
+    assert (tmp_path / "run" / CHECKPOINT).is_file()
+
+
 def test_extensions_in_any_case_recursive_and_sorted(tmp_path):
     _write(tmp_path / "b" / "z.PNG", np.zeros((4, 4, 3)))
     _write(tmp_path / "a.JPG", np.zeros((4, 4, 3)))

@@ -6,6 +6,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import struct
+import subprocess
+import sys
+import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -28,7 +33,7 @@ from cutlib.benchmarks import (
 )
 from cutlib.data.splits import benchmark_of, load_split, read_images, read_labels
 from cutlib.evaluate import evaluate_run, make_extractor, run_checkpoints, translate_images, translate_run
-from cutlib.metrics import extractor_record
+from cutlib.metrics import FewImagesWarning, extractor_record
 from cutlib.inception import INCEPTION_WEIGHTS_FILE
 from cutlib.metrics import (
     FeatureExtractor,
@@ -101,6 +106,55 @@ def test_load_split_and_benchmark_of(stripes, city, tmp_path):
     assert len(train_split["inputs"]) == 100 and train_split["targets"] is None  # no targets for train
     with pytest.raises(ValueError, match="split"):
         load_split(stripes, "val", SIZE)
+
+
+def _bomb_png(path, side=20_000):
+    """A real PNG of ~100 bytes declaring side x side pixels: PIL refuses it as a decompression bomb."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    header = struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0)  # 8-bit RGB
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
+    return path
+
+
+def _test_split_copy(stripes, dest):
+    dest.mkdir()
+    for name in ("meta.json", "testA", "testA_labels", "testA_target", "testB", "testB_labels"):
+        (shutil.copytree if (stripes / name).is_dir() else shutil.copy)(stripes / name, dest / name)
+    return dest
+
+
+def test_unreadable_test_images_are_skipped_by_name_and_their_ground_truth_with_them(stripes, tmp_path):
+    root = _test_split_copy(stripes, tmp_path / "copy")
+    _bomb_png(root / "testA" / "00003.png")  # replaces a real input; its label and target stay
+    _bomb_png(root / "testB" / "zz_bomb.png")
+    with pytest.warns(UserWarning, match="unreadable") as record:
+        data = load_split(root, "test", SIZE)
+    messages = " ".join(str(w.message) for w in record)
+    assert "00003.png" in messages and "zz_bomb.png" in messages
+    assert len(data["inputs"]) == 15 and len(data["real"]) == 16 and "00003" not in [p.stem for p in data["input_paths"]]
+    full = load_split(stripes, "test", SIZE)
+    keep = [i for i in range(16) if i != 3]
+    assert torch.equal(data["inputs"], full["inputs"][keep])
+    assert torch.equal(data["input_labels"], full["input_labels"][keep]) and torch.equal(data["targets"], full["targets"][keep])
+    assert torch.equal(data["real_labels"], full["real_labels"])
+
+
+def test_ground_truth_is_paired_by_name_and_missing_or_extra_files_are_refused(stripes, tmp_path):
+    root = _test_split_copy(stripes, tmp_path / "copy")
+    (root / "testA_labels" / "00005.png").unlink()  # one label fewer than images
+    with pytest.raises(ValueError, match=r"testA_labels does not match .*testA by file name: no file for the image\(s\) 00005"):
+        load_split(root, "test", SIZE)
+    shutil.copy(stripes / "testA_labels" / "00005.png", root / "testA_labels" / "00005.png")
+    for i in range(3):  # as many targets as images, but three of them named for no image
+        (root / "testA_target" / f"{i:05d}.png").rename(root / "testA_target" / f"other_{i}.png")
+    with pytest.raises(ValueError, match=r"no file for the image\(s\) 00000, 00001, 00002; no image of testA for other_0"):
+        load_split(root, "test", SIZE)
+    for i in range(3):
+        (root / "testA_target" / f"other_{i}.png").rename(root / "testA_target" / f"{i:05d}.png")
+    (root / "testB" / "00015.png").unlink()  # its label is now extra
+    with pytest.raises(ValueError, match="no image of testB for 00015"):
+        load_split(root, "test", SIZE)
 
 
 def test_animal_fractions_on_hand_made_maps():
@@ -311,6 +365,43 @@ def test_real_folder_runs_get_fid_and_kid_only(stripes, tmp_path):
     assert report["benchmark"] is None and report["evaluator"] is None
     assert set(report["final"]["metrics"]) == {"fid", "kid_mean", "kid_std"}
     assert report["extractor"]["name"].startswith("random-conv") and report["num_images"] == {"inputs": 4, "real": 4}
+
+
+def test_few_or_unreadable_test_images_are_warned_and_recorded_in_eval_json(stripes, tmp_path):
+    folder = tmp_path / "photos"
+    for split in ("trainA", "trainB", "testA", "testB"):
+        (folder / split).mkdir(parents=True)
+        for name in sorted(os.listdir(stripes / split))[:2]:
+            shutil.copy(stripes / split / name, folder / split / name)
+    _bomb_png(folder / "testA" / "bomb.png")
+    train(C.preset("fastcut", dataset=str(folder), max_steps=2, **TINY), tmp_path / "run", progress=False)
+    with pytest.warns(FewImagesWarning, match="only 2 real and 2 generated images"):
+        report = evaluate_run(tmp_path / "run", extractor="random", device="cpu", epochs="final")
+    assert report["num_images"] == {"inputs": 2, "real": 2} and report["final"]["metrics"]["kid_std"] == pytest.approx(0, abs=1e-9)
+    saved = json.loads((tmp_path / "run" / "eval.json").read_text())["warnings"]
+    assert any("bomb.png" in w for w in saved) and any("fewer than 50" in w for w in saved)
+
+
+def test_a_read_only_run_folder_fails_before_the_work_in_one_line(tiny_run, tmp_path):
+    if os.geteuid() != 0:
+        pytest.skip("needs root to mount a read-only tmpfs (permission bits alone are ignored by root)")
+    mount = tmp_path / "ro"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mount)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        shutil.copytree(tiny_run, mount / "run", ignore=shutil.ignore_patterns("eval.json"))
+        subprocess.run(["mount", "-o", "remount,ro", str(mount)], check=True)
+        done = subprocess.run([sys.executable, "-m", "cutlib", "evaluate", str(mount / "run"), "--device", "cpu",
+                               "--no-progress"], capture_output=True, text=True, timeout=300,
+                              env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+        assert done.returncode == 1, done.stderr
+        lines = [line for line in done.stderr.splitlines() if line.strip()]
+        assert len(lines) == 1 and lines[0].startswith("cutlib evaluate: cannot write eval.json into "), done.stderr
+        assert "Read-only" in lines[0] and "copy the run elsewhere" in lines[0] and done.stdout == ""
+        assert not (mount / "run" / "eval.json").exists()
+    finally:
+        subprocess.run(["umount", str(mount)], check=False)
 
 
 def test_evaluate_run_rejects_bad_arguments(tiny_run, tmp_path):

@@ -24,7 +24,9 @@ from cutlib.inception import (
     pytorch_fid_inception,
 )
 from cutlib.metrics import (
+    MIN_IMAGES,
     FeatureExtractor,
+    FewImagesWarning,
     RandomConvExtractor,
     confusion_matrix,
     feature_statistics,
@@ -180,6 +182,20 @@ def test_kid_separates_distributions():
     same, _ = kid(a, b, num_subsets=20, subset_size=100)
     different, _ = kid(a, c, num_subsets=20, subset_size=100)
     assert abs(same) < 0.1 * different
+
+
+def test_kid_from_few_images_warns_and_enough_images_do_not():
+    import warnings
+
+    rng = np.random.default_rng(10)
+    with pytest.warns(FewImagesWarning, match=r"only 2 real and 2 generated images \(fewer than 50\)") as record:
+        _, std = kid(rng.normal(size=(2, 4)), rng.normal(size=(2, 4)), num_subsets=10)
+    assert std == pytest.approx(0, abs=1e-12) and "std over subsets" in str(record[0].message)  # what it warns of
+    with pytest.warns(FewImagesWarning, match="only 60 real and 49 generated"):
+        kid(rng.normal(size=(60, 4)), rng.normal(size=(MIN_IMAGES - 1, 4)), num_subsets=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FewImagesWarning)
+        kid(rng.normal(size=(MIN_IMAGES, 4)), rng.normal(size=(MIN_IMAGES, 4)), num_subsets=2)
 
 
 def test_kid_rejects_bad_inputs():

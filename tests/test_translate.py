@@ -5,6 +5,8 @@ and the translate command on real images."""
 from __future__ import annotations
 
 import io
+import subprocess
+import sys
 import tarfile
 import threading
 from functools import partial
@@ -25,7 +27,17 @@ from cutlib.pretrained import to_reference_state_dict
 from cutlib.stylegan2 import StyleGAN2Generator
 from cutlib.runs import CHECKPOINT, load_run
 from cutlib.train import train
-from cutlib.translate import load_generator, output_paths, pad_to_multiple, translate_image
+from cutlib.translate import (
+    TooLargeError,
+    bytes_per_pixel,
+    load_generator,
+    memory_limit,
+    output_paths,
+    pad_to_multiple,
+    translate_folder,
+    translate_image,
+    whole_image_bytes,
+)
 
 TINY = {k: v for k, v in C.TINY_SCALE.items() if k != "dataset"}  # the datasets come from fixtures
 
@@ -187,12 +199,124 @@ def test_command_translates_real_odd_grayscale_and_rgba_images(run, horse2zebra_
 
 
 def test_command_errors_name_the_problem(run, tmp_path, capsys):
-    assert main(["translate", "--checkpoint", str(tmp_path / "missing"), "--input", str(tmp_path), "--output", str(tmp_path / "o")]) == 1
+    assert main(["translate", "--checkpoint", str(tmp_path / "missing"), "--input", str(tmp_path / "in"), "--output", str(tmp_path / "o")]) == 1
     assert "missing" in capsys.readouterr().err
     assert main(["translate", "--checkpoint", str(run), "--input", str(tmp_path / "nothing"), "--output", str(tmp_path / "o")]) == 1
     assert "nothing" in capsys.readouterr().err
     with pytest.raises(ValueError, match="--format same"):
         output_paths([tmp_path / "a.jpg", tmp_path / "a.png"], tmp_path, tmp_path / "o")
+
+
+def _photos(folder, n=2, size=(40, 52)):
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(1)
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8)).save(folder / f"p{i}.png")
+    return {p: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def _one_line_error(capsys, *words):
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err and err.startswith("cutlib translate: "), err
+    for word in words:
+        assert word in err, (word, err)
+
+
+def test_output_over_or_inside_the_input_is_refused_and_no_input_changes(run, tmp_path, capsys):
+    photos = tmp_path / "photos"
+    before = _photos(photos)
+    base = ["translate", "--checkpoint", str(run), "--device", "cpu", "--no-progress"]
+    assert main(base + ["--input", str(photos), "--output", str(photos)]) == 1
+    _one_line_error(capsys, "is the input folder", "outside")
+    assert main(base + ["--input", str(photos), "--output", str(photos / "out")]) == 1
+    _one_line_error(capsys, "inside the input folder")
+    assert main(base + ["--input", str(photos / "p0.png"), "--output", str(photos)]) == 1  # one file onto itself
+    _one_line_error(capsys, "would overwrite the input", "p0.png")
+    assert {p: p.read_bytes() for p in sorted(photos.iterdir())} == before  # nothing written, nothing replaced
+    G = load_generator(run)
+    with pytest.raises(ValueError, match="would overwrite the input"):
+        translate_folder(G, photos / "p1.png", photos, progress=False)
+    assert main(base + ["--input", str(photos), "--output", str(tmp_path / "out")]) == 0  # a folder beside: fine
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["p0.png", "p1.png"]
+
+
+def test_output_naming_a_file_and_an_unknown_device_are_one_line_errors(run, tmp_path, capsys):
+    before = _photos(tmp_path / "photos")
+    (tmp_path / "taken.png").write_bytes(b"mine")
+    base = ["translate", "--checkpoint", str(run), "--input", str(tmp_path / "photos"), "--no-progress"]
+    assert main(base + ["--output", str(tmp_path / "taken.png"), "--device", "cpu"]) == 1
+    _one_line_error(capsys, "taken.png", "existing file", "pass a folder")
+    assert (tmp_path / "taken.png").read_bytes() == b"mine"
+    assert main(base + ["--output", str(tmp_path / "o"), "--device", "banana"]) == 1
+    _one_line_error(capsys, "'banana'", "cpu", "cuda:N")
+    assert not (tmp_path / "o").exists() and {p: p.read_bytes() for p in before} == before
+
+
+def test_truncated_bmp_and_tiff_are_skipped_by_translate_with_their_names(run, tmp_path):
+    photos = tmp_path / "photos"
+    _photos(photos, n=1)
+    for name, fmt in (("cut.bmp", "BMP"), ("cut.tif", "TIFF")):
+        Image.fromarray(np.zeros((40, 44, 3), np.uint8) + 90).save(photos / name, format=fmt)
+        (photos / name).write_bytes((photos / name).read_bytes()[:2000])  # header intact, pixels cut short
+    with pytest.warns(UserWarning, match="unreadable") as record:
+        written = translate_folder(load_generator(run), photos, tmp_path / "out", keep_extension=True, progress=False)
+    message = " ".join(str(w.message) for w in record)
+    assert "cut.bmp" in message and "cut.tif" in message
+    assert written == [tmp_path / "out" / "p0.png"] and sorted(p.name for p in (tmp_path / "out").iterdir()) == ["p0.png"]
+
+
+def test_memory_estimate_scales_with_the_pixels_and_matches_a_real_forward():
+    G = ResnetGenerator(ngf=8, n_blocks=2).eval()
+    per_pixel = bytes_per_pixel(G)
+    assert whole_image_bytes(G, 400, 600) == pytest.approx(per_pixel * 400 * 600, rel=1e-6)
+    assert whole_image_bytes(G, 37, 53) == whole_image_bytes(G, 40, 56)  # padded to the multiple of 4
+    assert whole_image_bytes(G, 100, 100, batch=3) == pytest.approx(3 * whole_image_bytes(G, 100, 100), rel=1e-6)
+    limit, why = memory_limit(torch.device("cpu"))
+    assert limit > 0 and "half" in why
+    # the peak resident memory of one real forward pass (Linux: /proc/self/clear_refs resets the peak)
+    script = """
+import torch
+from cutlib.networks import ResnetGenerator
+from cutlib.translate import whole_image_bytes
+torch.set_num_threads(1)
+G = ResnetGenerator(ngf=8, n_blocks=2).eval()
+x = torch.rand(1, 3, 768, 768) * 2 - 1
+status = lambda key: next(int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith(key))
+with torch.no_grad():
+    G(x[..., :64, :64])
+    estimate = whole_image_bytes(G, 768, 768)
+    open("/proc/self/clear_refs", "w").write("5")
+    base = status("VmRSS:")
+    G(x)
+print(status("VmHWM:") - base, estimate)
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    if done.returncode != 0 and "clear_refs" in done.stderr:
+        pytest.skip("cannot reset the peak memory of a process here (/proc/self/clear_refs)")
+    assert done.returncode == 0, done.stderr
+    used, estimate = map(int, done.stdout.split())
+    assert 0.5 * used < estimate < 2 * used, (used, estimate)
+
+
+def test_an_image_too_big_for_the_limit_is_refused_with_the_tile_to_use(run, tmp_path, capsys):
+    G = load_generator(run)
+    x = _image(600, 800)
+    need = whole_image_bytes(G, 600, 800)
+    with pytest.raises(TooLargeError, match=r"800x600 px.*more than the limit.*--tile \d+"):
+        translate_image(G, x, max_memory=need // 4)
+    assert translate_image(G, x[:, :200, :200], max_memory=need // 4).shape == (3, 200, 200)  # small enough
+    assert translate_image(G, x, tile=256, max_memory=need // 4).shape == x.shape  # tiled: no whole-image check
+    # the command on a real file: refused before anything is written, then done in the suggested tiles
+    photos = tmp_path / "photos"
+    _photos(photos, n=1, size=(600, 800))
+    base = ["translate", "--checkpoint", str(run), "--input", str(photos), "--output", str(tmp_path / "out"),
+            "--device", "cpu", "--no-progress"]
+    assert main(base + ["--max-memory", str(need / 4 / 1e9)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "p0.png" in err and "--max-memory" in err and not (tmp_path / "out").exists()
+    tile = err.split("--tile ")[1].split()[0]
+    assert main(base + ["--max-memory", str(need / 4 / 1e9), "--tile", tile]) == 0
+    assert Image.open(tmp_path / "out" / "p0.png").size == (800, 600)
 
 
 # ----------------------------------------------------------------------------------------------- pretrained archive

@@ -34,13 +34,17 @@ LAYOUT = """expected layout (the CycleGAN/CUT unaligned layout):
 
 
 def check_image(path: Path) -> None:
-    """Raise if ``path`` cannot be decoded. Cheap: JPEGs decode at 1/8 scale, others are verified."""
+    """Raise if ``path`` cannot be decoded. JPEGs decode at 1/8 scale (cheap), PNGs are verified (chunk
+    CRCs and the end of the stream); other formats (BMP, TIFF, PPM, WebP) are decoded in full, as
+    PIL's verify() checks nothing for them and a truncated file would only fail when first used."""
     with Image.open(path) as img:
         if img.format == "JPEG":
             img.draft("RGB", (img.width // 8 + 1, img.height // 8 + 1))
             img.load()  # a truncated JPEG raises here
+        elif img.format == "PNG":
+            img.verify()
         else:
-            img.verify()  # PNG: chunk CRCs and the end of the stream
+            img.load()  # a truncated BMP or TIFF raises "image file is truncated" here
 
 
 def readable_images(paths: list[Path], strict: bool = False, stacklevel: int = 3) -> list[Path]:
