@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from cutlib.data.splits import benchmark_of, read_images, read_labels
 from cutlib.data.synthetic import BUILTIN
 from cutlib.files import atomic_write
-from cutlib.metrics import segmentation_scores
+from cutlib.segmentation import segmentation_scores
 from cutlib.runs import load_checkpoint
 
 EVALUATOR_VERSION = 2  # bump when the evaluators change: old cache files are then ignored

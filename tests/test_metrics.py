@@ -24,11 +24,10 @@ from cutlib.inception import (
     pytorch_fid_inception,
 )
 from cutlib.metrics import (
-    MIN_IMAGES,
     FeatureExtractor,
     FewImagesWarning,
+    MIN_IMAGES,
     RandomConvExtractor,
-    confusion_matrix,
     feature_statistics,
     fid,
     frechet_distance,
@@ -40,9 +39,8 @@ from cutlib.metrics import (
     load_image,
     mmd2_unbiased,
     polynomial_kernel,
-    scores_from_confusion,
-    segmentation_scores,
 )
+from cutlib.segmentation import confusion_matrix, scores_from_confusion, segmentation_scores
 
 
 def random_rotation(d: int, seed: int) -> np.ndarray:

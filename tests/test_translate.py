@@ -27,17 +27,8 @@ from cutlib.pretrained import to_reference_state_dict
 from cutlib.stylegan2 import StyleGAN2Generator
 from cutlib.runs import CHECKPOINT, load_run
 from cutlib.train import train
-from cutlib.translate import (
-    TooLargeError,
-    bytes_per_pixel,
-    load_generator,
-    memory_limit,
-    output_paths,
-    pad_to_multiple,
-    translate_folder,
-    translate_image,
-    whole_image_bytes,
-)
+from cutlib.memory import TooLargeError, bytes_per_pixel, memory_limit, whole_image_bytes
+from cutlib.translate import load_generator, output_paths, pad_to_multiple, translate_folder, translate_image
 
 TINY = {k: v for k, v in C.TINY_SCALE.items() if k != "dataset"}  # the datasets come from fixtures
 
@@ -277,7 +268,7 @@ def test_memory_estimate_scales_with_the_pixels_and_matches_a_real_forward():
     script = """
 import torch
 from cutlib.networks import ResnetGenerator
-from cutlib.translate import whole_image_bytes
+from cutlib.memory import whole_image_bytes
 torch.set_num_threads(1)
 G = ResnetGenerator(ngf=8, n_blocks=2).eval()
 x = torch.rand(1, 3, 768, 768) * 2 - 1
