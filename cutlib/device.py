@@ -28,3 +28,54 @@ def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
         if device.index is not None and device.index >= torch.cuda.device_count():
             raise ValueError(f"device {name!r}: only {torch.cuda.device_count()} GPU(s) are visible (cuda:0 ...)")
     return device
+
+
+# ----------------------------------------------------------------------------------------------
+# precision: which dtype the networks' forward passes run in (the weights and optimiser stay fp32)
+
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def cpu_flags() -> set[str]:
+    """The feature flags of this machine's CPU (Linux /proc/cpuinfo; empty elsewhere)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            line = next((line for line in f if line.startswith("flags")), "")
+    except OSError:
+        return set()
+    return set(line.partition(":")[2].split())
+
+
+def resolve_precision(precision: str, device: torch.device | str, flags: set[str] | None = None,
+                      capability: tuple[int, int] | None = None) -> str:
+    """"fp32" or "bf16" for ``precision`` on ``device``. "auto" is bf16 where the hardware runs it fast: a CUDA
+    GPU of compute capability >= 8.0 (A100 on), or a CPU with avx512_bf16 or amx_bf16; else fp32.
+    ``flags`` / ``capability`` replace what this machine reports (for tests, or to plan for another machine)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}")
+    if precision != "auto":
+        return precision
+    device = torch.device(device)
+    if device.type == "cuda":
+        capability = capability or torch.cuda.get_device_capability(device)
+        return "bf16" if tuple(capability) >= (8, 0) else "fp32"
+    flags = cpu_flags() if flags is None else flags
+    return "bf16" if flags & {"avx512_bf16", "amx_bf16"} else "fp32"
+
+
+def autocast(precision: str, device: torch.device | str):
+    """The autocast context of a resolved precision: bf16 autocast on the device's type, or a no-op for fp32."""
+    device = torch.device(device)
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
+def compile_networks(*nets: torch.nn.Module) -> None:
+    """torch.compile each network in place (Module.compile: its state dict keeps its keys)."""
+    for net in nets:
+        net.compile()
+
+
+def to_device(x: torch.Tensor, device: torch.device, channels_last: bool = False) -> torch.Tensor:
+    """An image batch on ``device`` (non-blocking from pinned memory), NHWC when ``channels_last``."""
+    x = x.to(device, non_blocking=True)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x

@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from cutlib.losses import full_precision
+
 DIAGONAL_FILL = -10.0  # the reference masks the duplicated positive with -10 before dividing by tau
 
 
@@ -163,7 +165,7 @@ class ProjectionHeads(nn.Module):
             _check(f"features[{layer}]", feat, (2,), f"(N, {self.channels[layer]})")
             if feat.shape[1] != self.channels[layer]:
                 raise ValueError(f"features[{layer}] must have shape (N, {self.channels[layer]}), got {tuple(feat.shape)}")
-            out.append(l2_normalize(mlp(feat)))
+            out.append(l2_normalize(full_precision(mlp(feat))))  # fp32 from here on: logits and softmax of PatchNCE
         return out
 
 

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from cutlib.config import TrainConfig
+from cutlib.device import autocast, compile_networks, resolve_precision, to_device
 from cutlib.losses import d_loss, g_loss
 from cutlib.nce import MomentumQueue, ProjectionHeads, multilayer_patch_nce
 from cutlib.networks import build_discriminator, build_generator, build_optimizer
@@ -33,7 +34,10 @@ class CUTModel(nn.Module):
             self.G_q = copy.deepcopy(self.G)  # only its encoder is used (G_q.encode)
             self.H_q = ProjectionHeads(self.G.tap_channels(self.taps), cfg.netF_nc, cfg.init_gain)
         self.queue = MomentumQueue(self.G, self.H, cfg.queue_size, cfg.queue_momentum) if cfg.negatives != "internal" else None
-        self.to(device)
+        self.to(device, memory_format=torch.channels_last if cfg.channels_last else torch.contiguous_format)
+        self.precision = resolve_precision(cfg.precision, device)  # "fp32" or "bf16": the forward passes' dtype
+        if cfg.compile:
+            compile_networks(self.G, self.D, self.H)
         g_params = list(self.G.parameters())
         h_params = list(self.H.parameters())
         if not cfg.share_encoder:
@@ -82,6 +86,10 @@ class CUTModel(nn.Module):
         )
         return result.loss
 
+    def amp(self):
+        """Autocast of the forward passes (bf16 or off); the losses upcast to fp32 (cutlib.losses.full_precision)."""
+        return autocast(self.precision, next(self.G.parameters()).device)
+
     def nce_keys(self, taps_real: list[Tensor], x: Tensor, y: Tensor, flipped: bool) -> list[Tensor]:
         """The NCE keys: the input's taps, reused from the forward pass (the reference encodes the input
         a second time, with the same result). On a flipped iteration the forward pass saw the flipped
@@ -108,19 +116,21 @@ class CUTModel(nn.Module):
         """One iteration: forward G, update D, update G and H (with the updated D). Returns the losses."""
         cfg = self.cfg
         device = next(self.G.parameters()).device
-        x, y = batch["A"].to(device), batch["B"].to(device)
+        x, y = (to_device(batch[k], device, cfg.channels_last) for k in ("A", "B"))
         b = x.shape[0]
         real = torch.cat([x, y]) if self.identity_pass else x  # (2B or B, C, H, W)
         flipped = cfg.flip_equivariance and bool(torch.rand((), generator=self.rng) < 0.5)
         if flipped:
             real = real.flip(3)
-        fake_all, taps_real = self.G(real, taps=self.taps)  # taps of the input: the NCE keys
+        with self.amp():
+            fake_all, taps_real = self.G(real, taps=self.taps)  # taps of the input: the NCE keys
         fake, idt = fake_all[:b], fake_all[b:]
 
         # --- D step on (y real, G(x) fake)
         self.D.requires_grad_(True)
         self.optimizers["D"].zero_grad(set_to_none=True)
-        loss_d, losses = self.discriminator_loss(y, fake)
+        with self.amp():
+            loss_d, losses = self.discriminator_loss(y, fake)
         loss_d.backward()
         self.optimizers["D"].step()
 
@@ -128,15 +138,16 @@ class CUTModel(nn.Module):
         self.D.requires_grad_(False)
         self.optimizers["G"].zero_grad(set_to_none=True)
         self.optimizers["H"].zero_grad(set_to_none=True)
-        loss_gan = g_loss(self.D(fake), cfg.gan_mode) * cfg.lambda_gan
-        keys = self.nce_keys(taps_real, x, y, flipped)
-        loss_nce = loss_nce_x = self.nce_loss([k[:b] for k in keys], fake, flipped)
-        losses.update(G_GAN=loss_gan.item(), NCE=loss_nce_x.item())
-        if cfg.nce_idt:
-            loss_nce_y = self.nce_loss([k[b:] for k in keys], idt, flipped)
-            loss_nce = 0.5 * (loss_nce_x + loss_nce_y)
-            losses["NCE_Y"] = loss_nce_y.item()
-        extra, extra_logs = self.generator_extra_loss(y, idt)
+        with self.amp():
+            loss_gan = g_loss(self.D(fake), cfg.gan_mode) * cfg.lambda_gan
+            keys = self.nce_keys(taps_real, x, y, flipped)
+            loss_nce = loss_nce_x = self.nce_loss([k[:b] for k in keys], fake, flipped)
+            losses.update(G_GAN=loss_gan.item(), NCE=loss_nce_x.item())
+            if cfg.nce_idt:
+                loss_nce_y = self.nce_loss([k[b:] for k in keys], idt, flipped)
+                loss_nce = 0.5 * (loss_nce_x + loss_nce_y)
+                losses["NCE_Y"] = loss_nce_y.item()
+            extra, extra_logs = self.generator_extra_loss(y, idt)
         loss_g = loss_gan + loss_nce + extra
         losses.update(extra_logs)
         loss_g.backward()
@@ -146,5 +157,6 @@ class CUTModel(nn.Module):
 
         if self.queue is not None:  # momentum update, then enqueue this step's keys (MoCo order)
             self.queue.update(self.G, self.H)
-            self.queue.enqueue(self.queue.key_features(x, self.taps, cfg.num_patches, self.rng))
+            with self.amp():
+                self.queue.enqueue(self.queue.key_features(x, self.taps, cfg.num_patches, self.rng))
         return losses

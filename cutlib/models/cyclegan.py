@@ -21,7 +21,8 @@ from torch import Tensor, nn
 from torch.nn.functional import l1_loss
 
 from cutlib.config import TrainConfig
-from cutlib.losses import d_loss, g_loss
+from cutlib.device import autocast, compile_networks, resolve_precision, to_device
+from cutlib.losses import d_loss, full_precision, g_loss
 from cutlib.networks import build_discriminator, build_generator, build_optimizer
 
 
@@ -100,7 +101,10 @@ class CycleGANModel(nn.Module):
         self.D_X = normal_init(build_discriminator(cfg), cfg.init_gain)  # real x vs F(y)
         self.pool_Y = ImagePool(cfg.pool_size, cfg.output_nc, cfg.crop_size, cfg.crop_size)  # history of G(x) for D_Y
         self.pool_X = ImagePool(cfg.pool_size, cfg.input_nc, cfg.crop_size, cfg.crop_size)  # history of F(y) for D_X
-        self.to(device)
+        self.to(device, memory_format=torch.channels_last if cfg.channels_last else torch.contiguous_format)
+        self.precision = resolve_precision(cfg.precision, device)  # "fp32" or "bf16": the forward passes' dtype
+        if cfg.compile:
+            compile_networks(self.G, self.F, self.D_X, self.D_Y)
         # one optimiser for both generators and one for both discriminators, as the original code
         self.optimizers = {
             "G": build_optimizer([*self.G.parameters(), *self.F.parameters()], cfg),
@@ -126,25 +130,29 @@ class CycleGANModel(nn.Module):
         """One iteration: both cycles forward, G and F step (D frozen), then D_Y and D_X step. Returns the losses."""
         cfg = self.cfg
         device = next(self.G.parameters()).device
-        x, y = batch["A"].to(device), batch["B"].to(device)  # (B, C, H, W) each
-        fake_y = self.G(x)
-        rec_x = self.F(fake_y)  # F(G(x)) ~ x
-        fake_x = self.F(y)
-        rec_y = self.G(fake_x)  # G(F(y)) ~ y
+        x, y = (to_device(batch[k], device, cfg.channels_last) for k in ("A", "B"))  # (B, C, H, W) each
+        amp = lambda: autocast(self.precision, device)  # noqa: E731  (forward passes; losses in fp32)
+        l1 = lambda a, b: l1_loss(full_precision(a), b)  # noqa: E731
+        with amp():
+            fake_y = self.G(x)
+            rec_x = self.F(fake_y)  # F(G(x)) ~ x
+            fake_x = self.F(y)
+            rec_y = self.G(fake_x)  # G(F(y)) ~ y
 
         # --- G and F step, discriminators frozen
         for D in (self.D_X, self.D_Y):
             D.requires_grad_(False)
         self.optimizers["G"].zero_grad(set_to_none=True)
-        losses = {
-            "G_GAN": g_loss(self.D_Y(fake_y), cfg.gan_mode) * cfg.lambda_gan,
-            "F_GAN": g_loss(self.D_X(fake_x), cfg.gan_mode) * cfg.lambda_gan,
-            "cycle_X": l1_loss(rec_x, x) * cfg.lambda_cycle,
-            "cycle_Y": l1_loss(rec_y, y) * cfg.lambda_cycle,
-        }
-        if cfg.lambda_identity > 0:  # G should leave a real y alone, F a real x
-            losses["idt_G"] = l1_loss(self.G(y), y) * cfg.lambda_cycle * cfg.lambda_identity
-            losses["idt_F"] = l1_loss(self.F(x), x) * cfg.lambda_cycle * cfg.lambda_identity
+        with amp():
+            losses = {
+                "G_GAN": g_loss(self.D_Y(fake_y), cfg.gan_mode) * cfg.lambda_gan,
+                "F_GAN": g_loss(self.D_X(fake_x), cfg.gan_mode) * cfg.lambda_gan,
+                "cycle_X": l1(rec_x, x) * cfg.lambda_cycle,
+                "cycle_Y": l1(rec_y, y) * cfg.lambda_cycle,
+            }
+            if cfg.lambda_identity > 0:  # G should leave a real y alone, F a real x
+                losses["idt_G"] = l1(self.G(y), y) * cfg.lambda_cycle * cfg.lambda_identity
+                losses["idt_F"] = l1(self.F(x), x) * cfg.lambda_cycle * cfg.lambda_identity
         loss_g = sum(losses.values())
         loss_g.backward()
         self.optimizers["G"].step()
@@ -153,8 +161,11 @@ class CycleGANModel(nn.Module):
         for D in (self.D_X, self.D_Y):
             D.requires_grad_(True)
         self.optimizers["D"].zero_grad(set_to_none=True)
-        loss_d_y = d_loss(self.D_Y(y), self.D_Y(self.pool_Y.query(fake_y, self.rng)), cfg.gan_mode)
-        loss_d_x = d_loss(self.D_X(x), self.D_X(self.pool_X.query(fake_x, self.rng)), cfg.gan_mode)
+        pooled_y, pooled_x = (self.pool_Y.query(full_precision(fake_y), self.rng),
+                              self.pool_X.query(full_precision(fake_x), self.rng))  # the pools keep fp32 images
+        with amp():
+            loss_d_y = d_loss(self.D_Y(y), self.D_Y(pooled_y), cfg.gan_mode)
+            loss_d_x = d_loss(self.D_X(x), self.D_X(pooled_x), cfg.gan_mode)
         (loss_d_y + loss_d_x).backward()
         self.optimizers["D"].step()
 

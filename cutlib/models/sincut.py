@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from cutlib.config import TrainConfig
-from cutlib.losses import d_loss, r1_penalty
+from cutlib.losses import d_loss, full_precision, r1_penalty
 from cutlib.models.cut import CUTModel
 
 
@@ -66,5 +66,5 @@ class SinCUTModel(CUTModel):
         """L1 identity: G should leave an image of the target domain unchanged (weight lambda_idt_l1)."""
         if self.cfg.lambda_idt_l1 <= 0:
             return 0.0, {}
-        loss_idt = F.l1_loss(idt, y) * self.cfg.lambda_idt_l1
+        loss_idt = F.l1_loss(full_precision(idt), y) * self.cfg.lambda_idt_l1
         return loss_idt, {"idt": loss_idt.item()}

@@ -1,0 +1,93 @@
+"""Mixed precision: which precision "auto" picks, a bf16 step against an fp32 step on the same batch,
+fp32 checkpoints that resume across precisions, and bench's rows per precision."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from cutlib import config as C
+from cutlib.data import make_dataset
+from cutlib.device import autocast, resolve_precision
+from cutlib.losses import full_precision
+from cutlib.models import build_model
+from cutlib.runs import load_checkpoint
+from cutlib.train import train
+
+TINY = {k: v for k, v in C.TINY_SCALE.items() if k != "dataset"}
+
+
+@pytest.fixture(scope="module")
+def stripes(tmp_path_factory):
+    return make_dataset("stripes", root=tmp_path_factory.mktemp("data"), size=40, n_train=8, n_test=4)
+
+
+def test_auto_precision_follows_the_cpu_flags_and_the_cuda_capability():
+    assert resolve_precision("auto", "cpu", flags={"avx2", "avx512f"}) == "fp32"
+    assert resolve_precision("auto", "cpu", flags={"avx512f", "avx512_bf16"}) == "bf16"
+    assert resolve_precision("auto", "cpu", flags={"amx_bf16", "amx_tile"}) == "bf16"
+    assert resolve_precision("auto", "cuda", capability=(7, 5)) == "fp32"  # Turing: no fast bf16
+    assert resolve_precision("auto", "cuda", capability=(8, 0)) == "bf16"  # A100
+    assert resolve_precision("auto", "cuda", capability=(9, 0)) == "bf16"  # H100 / H200
+    assert resolve_precision("fp32", "cpu", flags={"amx_bf16"}) == "fp32"  # explicit choices are kept
+    assert resolve_precision("bf16", "cpu", flags=set()) == "bf16"
+    with pytest.raises(ValueError, match="precision must be one of"):
+        resolve_precision("fp8", "cpu")
+    with pytest.raises(ValueError, match="precision must be one of"):
+        C.preset("cut", precision="half")
+
+
+def test_autocast_runs_convolutions_in_bf16_and_full_precision_upcasts():
+    conv = torch.nn.Conv2d(3, 4, 3)
+    with autocast("bf16", "cpu"):
+        out = conv(torch.randn(1, 3, 8, 8))
+    assert out.dtype == torch.bfloat16 and full_precision(out).dtype == torch.float32
+    with autocast("fp32", "cpu"):
+        assert conv(torch.randn(1, 3, 8, 8)).dtype == torch.float32
+    double = torch.zeros(2, dtype=torch.float64)
+    assert full_precision(double) is double  # only half types are upcast
+
+
+@pytest.mark.parametrize("preset", ["cut", "fastcut", "cyclegan"])
+def test_a_bf16_step_is_finite_and_close_to_fp32_on_the_same_batch(stripes, preset):
+    g = torch.Generator().manual_seed(0)
+    batch = {"A": torch.rand(1, 3, 32, 32, generator=g) * 2 - 1, "B": torch.rand(1, 3, 32, 32, generator=g) * 2 - 1}
+    losses = {}
+    for precision in ("fp32", "bf16"):
+        torch.manual_seed(0)
+        model = build_model(C.preset(preset, dataset=str(stripes), precision=precision, flip_equivariance=False, **TINY))
+        losses[precision] = model.training_step(batch)
+        assert all(p.dtype == torch.float32 for p in model.parameters())  # the weights stay fp32
+    assert losses["fp32"].keys() == losses["bf16"].keys()
+    for k, v in losses["bf16"].items():
+        assert torch.isfinite(torch.tensor(v)), k
+        assert v == pytest.approx(losses["fp32"][k], rel=0.05, abs=0.02), k  # bf16 keeps ~3 significant digits
+
+
+def test_checkpoints_resume_across_precisions(stripes, tmp_path):
+    cfg = C.preset("cut", dataset=str(stripes), save_epoch_freq=0, **TINY)
+    for first, second in (("bf16", "fp32"), ("fp32", "bf16")):
+        out = tmp_path / f"{first}_then_{second}"
+        train(C.override(cfg, precision=first, max_steps=2), out, progress=False)
+        saved = load_checkpoint(out / "checkpoint.pt")
+        assert all(t.dtype == torch.float32 for t in saved["G"].values() if t.is_floating_point())
+        summary = train(C.override(cfg, precision=second, max_steps=4), out, resume=True, progress=False)
+        assert summary["step"] == 4
+        assert json.loads((out / "config.json").read_text())["precision"] == second
+        assert all(torch.isfinite(torch.tensor(v)) for v in summary["losses"].values())
+
+
+def test_bench_prints_one_row_per_precision():
+    done = subprocess.run([sys.executable, "-m", "cutlib", "bench", "--presets", "fastcut", "--size", "32", "--steps", "1",
+                           "--warmup", "0", "--device", "cpu", "--precision", "fp32,bf16", "--in-process",
+                           "--ngf", "4", "--ndf", "4", "--n-blocks", "1", "--num-patches", "8", "--netF-nc", "16",
+                           "--nce-layers", "rgb,down1,down2,res1"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    rows = [line.split() for line in done.stdout.splitlines() if line.startswith("fastcut ")]
+    assert [r[1] for r in rows] == ["fp32", "bf16"]
+    assert rows[0][7] == "1.00"  # the fp32 row is its own reference (x fp32 column)
