@@ -13,7 +13,7 @@ from pathlib import Path
 
 from cutlib.data.folders import LAYOUT
 from cutlib.images import list_images
-from cutlib.data.synthetic import BUILTIN, make_dataset
+from cutlib.data.synthetic import BUILTIN, PAIRS, make_dataset
 from cutlib.paths import PACKAGE_DIR, data_root
 
 KINDS = ("dataset", "pretrained", "instructions")
@@ -59,13 +59,15 @@ def has_layout(folder: Path) -> bool:
 def resolve_dataset(name_or_path: str | Path, root: str | Path | None = None, size: int = 64, seed: int = 0) -> Path:
     """Turn a built-in name, a catalog name or a folder into a dataset folder.
 
-    Built-in ("stripes", "city"): generated on first use. An existing folder: used as it is (it must
-    have the A/B layout; the catalog is not read). Catalog name: its downloaded folder under ``root``
-    (default ``cutlib.paths.data_root()``).
+    Built-in ("stripes" and "city" at ``size`` px, and the single-image pair "sincut_pair"): generated
+    on first use. An existing folder: used as it is (it must have the A/B layout; the catalog is not
+    read). Catalog name: its downloaded folder under ``root`` (default ``cutlib.paths.data_root()``).
     """
     name = str(name_or_path)
     if name in BUILTIN:
         return make_dataset(name, root=root, size=size, seed=seed)
+    if name in PAIRS:
+        return PAIRS[name](root)
     folder = Path(name_or_path).expanduser()
     if folder.is_dir():
         if not has_layout(folder):
@@ -83,7 +85,7 @@ def resolve_dataset(name_or_path: str | Path, root: str | Path | None = None, si
         root_flag = f" --root {root}" if root is not None else ""
         raise FileNotFoundError(f"dataset {name!r} is not downloaded yet (looked in {folder}); "
                                 f"run: python -m cutlib download {name}{root_flag}")
-    raise FileNotFoundError(f"no dataset {name!r}: not a built-in ({', '.join(BUILTIN)}), "
+    raise FileNotFoundError(f"no dataset {name!r}: not a built-in ({', '.join((*BUILTIN, *PAIRS))}), "
                             f"not in the catalog ({', '.join(sorted(catalog))}), and not an existing folder")
 
 
@@ -93,7 +95,8 @@ def cli(argv: list[str]) -> int:
     parser.add_argument("--root", default=None, help="dataset folder (default: cutlib.paths.data_root())")
     args = parser.parse_args(argv)
     root = Path(args.root or data_root())
-    print("built-in (generated on first use): " + ", ".join(BUILTIN))
+    print("built-in (generated on first use): " + ", ".join(BUILTIN) + "; single-image pair (SinCUT): "
+          + ", ".join(PAIRS))
     for name, entry in sorted(load_catalog().items()):
         if entry["kind"] == "pretrained":
             present = all((root / name / m["path"]).is_file() for m in entry.get("models", []))

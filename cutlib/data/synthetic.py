@@ -15,12 +15,14 @@ import shutil
 from pathlib import Path
 
 import cutlib.data.city as city
+import cutlib.data.pair as pair
 import cutlib.data.stripes as stripes
 from cutlib.files import staged_folder
 from cutlib.paths import data_root
 
 GENERATOR_VERSION = 1
-BUILTIN = ("stripes", "city")
+BUILTIN = ("stripes", "city")  # with ground truth: the benchmarks of cutlib.benchmarks
+PAIRS = {"sincut_pair": pair.make_pair}  # one image per domain, for SinCUT: name -> make(root) -> folder
 DEFAULTS = {"stripes": dict(n_train=400, n_test=100), "city": dict(n_train=400, n_test=100)}
 WRITERS = {"stripes": stripes.write, "city": city.write}  # name -> write(out, size, n_train, n_test, seed) -> meta
 
