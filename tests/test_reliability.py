@@ -16,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -305,6 +306,8 @@ def test_bad_output_folders_and_devices_are_one_line(stripes, tmp_path, tmpfs):
 def _assert_identical(a, b, where="checkpoint"):
     if isinstance(a, torch.Tensor):
         assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), f"{where} differs"
+    elif isinstance(a, np.ndarray):  # numpy's RNG state
+        assert isinstance(b, np.ndarray) and np.array_equal(a, b), f"{where} differs"
     elif isinstance(a, dict):
         assert a.keys() == b.keys(), f"{where}: keys differ"
         for k in a:
