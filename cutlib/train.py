@@ -246,8 +246,7 @@ class Trainer:
             if self.world_size > 1:  # each process takes its slice of every global batch (not a DistributedSampler:
                 share = cfg.batch_size // self.world_size  # the step sequence stays that of one process, resume exact)
                 batches = [b[self.rank * share : (self.rank + 1) * share] for b in batches]
-            # its own generator: a DataLoader draws its workers' base seed from the global RNG otherwise, so
-            # a resume in mid-epoch (one more DataLoader) would leave a different RNG state in the checkpoint
+            # own generator: else each DataLoader draws from the global RNG and a mid-epoch resume changes it
             loader = DataLoader(ds, batch_sampler=batches, num_workers=cfg.num_workers,
                                 generator=torch.Generator().manual_seed(cfg.seed * 100_003 + self.epoch))
             for batch in loader:
