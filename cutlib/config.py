@@ -252,7 +252,8 @@ def validate(cfg: TrainConfig) -> None:
     for name in ("batch_size", "num_patches", "ngf", "ndf", "netF_nc", "queue_size"):
         if getattr(cfg, name) < 1:
             problems.append(f"{name} must be at least 1, got {getattr(cfg, name)}")
-    for name in ("n_epochs", "n_epochs_decay", "max_steps", "log_every", "sample_every", "save_every"):
+    for name in ("n_epochs", "n_epochs_decay", "max_steps", "log_every", "sample_every", "save_every", "num_workers",
+                 "dataset_len", "save_epoch_freq"):
         if getattr(cfg, name) < 0:
             problems.append(f"{name} must be >= 0, got {getattr(cfg, name)}")
     if cfg.n_epochs + cfg.n_epochs_decay < 1:

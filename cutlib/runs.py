@@ -12,7 +12,9 @@ Nothing here trains (cutlib.train writes runs; this module only reads them and w
 
 from __future__ import annotations
 
+import json
 import random
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +22,7 @@ import torch
 
 from cutlib import config as C
 from cutlib.config import TrainConfig
-from cutlib.files import atomic_write
+from cutlib.files import atomic_write, write_text
 
 CHECKPOINT = "checkpoint.pt"
 CONFIG_FILE = "config.json"
@@ -84,6 +86,52 @@ def resumed_config(saved: TrainConfig, changes: dict) -> TrainConfig:
             f"only {sorted(RESUMABLE_CHANGES)} may change"
         )
     return C.override(saved, **{k: asked[k] for k in changed})
+
+
+def preset_signature(name: str) -> dict:
+    """What tells the preset ``name`` apart from the other presets: its model and the fields in which
+    the presets of that model differ (CUT vs FastCUT: lambda_nce, nce_idt, flip_equivariance); the
+    schedule is left out, as a resumed run may change it."""
+    cfg = C.preset(name)
+    kin = [C.preset(other) for other in C.PRESETS if C.preset(other).model == cfg.model]
+    keys = [f for f in C.FIELDS if f not in RESUMABLE_CHANGES and len({getattr(k, f) for k in kin}) > 1]
+    return {"model": cfg.model, **{k: getattr(cfg, k) for k in keys}}
+
+
+def check_preset(saved: TrainConfig, name: str, run_dir: str | Path) -> None:
+    """Refuse to resume the run in ``run_dir`` (config ``saved``) as preset ``name`` when it is not one."""
+    differ = {k: v for k, v in preset_signature(name).items() if getattr(saved, k) != v}
+    if differ:
+        raise ValueError(
+            f"the run in {run_dir} is not a {name} run ({', '.join(f'{k}={getattr(saved, k)!r} saved, {name} sets {v!r}' for k, v in differ.items())}); "
+            "a resumed run keeps its own preset: drop --preset, or train the new preset into another --out"
+        )
+
+
+def trim_metrics(path: str | Path, step: int) -> list[dict]:
+    """Keep the rows of the log ``path`` up to ``step`` (the checkpoint's; later ones are written
+    again) and return them. A torn line (a crash or a full disk in the middle of a write) is dropped
+    with a warning naming the file."""
+    path = Path(path)
+    rows, kept, torn = [], [], []
+    for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            if not isinstance(row, dict) or not isinstance(row.get("step"), int):
+                raise ValueError("no step")
+        except ValueError:
+            torn.append(number)
+            continue
+        if row["step"] <= step:
+            rows.append(row)
+            kept.append(line)
+    if torn:
+        warnings.warn(f"{path}: dropped {len(torn)} damaged line(s) ({', '.join(map(str, torn[:5]))}"
+                      f"{' ...' if len(torn) > 5 else ''}), left by an interrupted write", RuntimeWarning, stacklevel=2)
+    write_text(path, "".join(line + "\n" for line in kept))
+    return rows
 
 
 def rng_state(model) -> dict:

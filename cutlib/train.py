@@ -7,6 +7,7 @@ chapters call: the finished run when there is one, else a short training. Severa
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -25,28 +26,36 @@ from cutlib import config as C
 from cutlib.config import TrainConfig
 from cutlib.data import load_dataset, sample_images
 from cutlib.distributed import average_losses, distribute, setup_distributed, unwrap
-from cutlib.files import write_text
+from cutlib.files import FolderBusy, append_text, check_folder_path, describe_os_error, locked_folder, write_text
 from cutlib.models import build_model
-from cutlib.runs import (
-    CHECKPOINT,
-    CONFIG_FILE,
-    EPOCHS_DIR,
-    METRICS_FILE,
-    SAMPLES_DIR,
-    load_checkpoint,
-    load_run,
-    planned_steps,
-    resumed_config,
-    rng_state,
-    run_progress,
-    save_checkpoint,
-    set_rng_state,
-)
+from cutlib.runs import (CHECKPOINT, CONFIG_FILE, EPOCHS_DIR, METRICS_FILE, SAMPLES_DIR, check_preset, load_checkpoint,
+                         load_run, planned_steps, resumed_config, rng_state, run_progress, save_checkpoint, saved_config,
+                         set_rng_state, trim_metrics)
 from cutlib.viz import save_grid
+
+LOCK_FILE = ".lock"  # held by the training that writes the run folder (pid and host inside)
 
 
 class TrainingDiverged(RuntimeError):
     """A loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+class RunFinished(ValueError):
+    """A resumed run has no steps left to train."""
+
+
+def check_discriminator(cfg: TrainConfig) -> None:
+    """Pass one crop-sized zero image through a discriminator built from ``cfg`` alone, so that one
+    too deep for the crop (n_layers_D 6 on 32 px) is refused before anything is written."""
+    from cutlib.networks import build_discriminator
+
+    D = build_discriminator(cfg)
+    try:
+        with torch.no_grad():
+            D(torch.zeros(1, cfg.output_nc, cfg.crop_size, cfg.crop_size))
+    except (RuntimeError, ValueError) as err:  # a kernel larger than its input, or a 1x1 map for InstanceNorm
+        raise ValueError(f"the discriminator (netD={cfg.netD}, n_layers_D={cfg.n_layers_D}) does not fit crop_size "
+                         f"{cfg.crop_size} ({str(err).splitlines()[0]}); lower --n-layers-D or raise --crop-size") from None
 
 
 def linear_decay(epoch: int, n_epochs: int, n_epochs_decay: int) -> float:
@@ -79,6 +88,7 @@ class Trainer:
         """``cfg``: the run's TrainConfig; when resuming, either the config asked for (compared with the
         saved one) or a dict of the fields to change (the command line's --resume)."""
         self.out = Path(out_dir)
+        check_folder_path(self.out)
         self.progress = progress
         ckpt_path = self.out / CHECKPOINT
         saved = None
@@ -94,7 +104,9 @@ class Trainer:
         elif isinstance(cfg, dict):
             raise FileNotFoundError(f"nothing to resume: {self.out} holds no {CHECKPOINT}")
         self.cfg = cfg
+        self._opened = False  # the folder and config.json are written with the first output
         self.rank, self.world_size, self.device = setup_distributed(cfg.device)
+        check_discriminator(cfg)  # before seeding: it draws its own initial weights
         if cfg.batch_size % self.world_size:
             raise ValueError(f"batch_size ({cfg.batch_size}) is the global batch and must be divisible by the "
                              f"{self.world_size} processes; use --batch-size {self.world_size * max(1, cfg.batch_size // self.world_size)}")
@@ -118,9 +130,6 @@ class Trainer:
             self._restore(saved)  # every process loads the checkpoint, then wraps its networks
         if self.world_size > 1:
             distribute(self.model, self.device)
-        if self.is_main:
-            self.out.mkdir(parents=True, exist_ok=True)
-            write_text(self.out / CONFIG_FILE, cfg.to_json())
         self.samples = sample_images(cfg, cfg.num_samples)
         if self.world_size > 1:
             dist.barrier()  # every process has checked for an existing run before rank 0 writes one
@@ -144,9 +153,17 @@ class Trainer:
             "batch_in_epoch": self.batch_in_epoch,
         }
 
+    def _open_folder(self) -> None:
+        """Make the run folder and write config.json (once, with the first file written into it)."""
+        if not self._opened:
+            self.out.mkdir(parents=True, exist_ok=True)
+            write_text(self.out / CONFIG_FILE, self.cfg.to_json())
+            self._opened = True
+
     def save(self) -> Path:
         path = self.out / CHECKPOINT
         if self.is_main:
+            self._open_folder()
             save_checkpoint(self.state(), path)
         return path
 
@@ -161,30 +178,36 @@ class Trainer:
         self.step, self.epoch, self.batch_in_epoch = saved["step"], saved["epoch"], saved["batch_in_epoch"]
 
     # ----------------------------------------------------------- outputs
-    def write_samples(self) -> Path | None:
-        if not self.is_main:
-            return None
+    def translate_samples(self) -> torch.Tensor:
         self.model.G.eval()
         with torch.no_grad():
             fake = self.model.translate(self.samples.to(self.device)).cpu()
         self.model.G.train()
-        path = save_grid([self.samples, fake], self.out / SAMPLES_DIR / f"step{self.step:06d}.png")
-        save_grid([self.samples, fake], self.out / SAMPLES_DIR / "latest.png")
+        return fake
+
+    def write_samples(self, fake: torch.Tensor | None = None, step: int | None = None) -> Path | None:
+        """The sample grid of ``step`` (default: now) with ``fake`` (default: translated now)."""
+        if not self.is_main:
+            return None
+        fake = self.translate_samples() if fake is None else fake
+        self._open_folder()
+        step = self.step if step is None else step
+        path = save_grid([self.samples, fake], self.out / SAMPLES_DIR / f"step{step:06d}.png")
+        if step == self.step:
+            save_grid([self.samples, fake], self.out / SAMPLES_DIR / "latest.png")
         return path
 
     def log(self, losses: dict, seconds: float) -> None:
         if not self.is_main:
             return
         row = {"step": self.step, "epoch": self.epoch, "lr": self.model.optimizers["G"].param_groups[0]["lr"], **losses, "time": round(seconds, 4)}
-        with open(self.out / METRICS_FILE, "a") as f:
-            f.write(json.dumps(row) + "\n")
+        self._open_folder()
+        append_text(self.out / METRICS_FILE, json.dumps(row) + "\n")
 
     def _trim_log(self) -> None:
-        """On resume, drop log lines written after the checkpoint (they will be written again)."""
-        path = self.out / METRICS_FILE
-        if path.exists() and self.is_main:
-            rows = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= self.step]
-            write_text(path, "".join(r + "\n" for r in rows))
+        """On resume, drop log lines written after the checkpoint (they will be written again) and torn ones."""
+        if (self.out / METRICS_FILE).exists() and self.is_main:
+            trim_metrics(self.out / METRICS_FILE, self.step)
 
     # ----------------------------------------------------------- the loop
     @property
@@ -209,9 +232,9 @@ class Trainer:
 
         cfg = self.cfg
         self._trim_log()
-        if self.step == 0:
-            self.write_samples()  # the "before" picture
-            self.save()
+        # the "before" picture is drawn now but written with the first step's outputs: a run that fails
+        # before its first step is done (a setting that breaks the step) leaves nothing behind
+        before = self.translate_samples() if self.step == 0 and self.is_main else None
         start = time.perf_counter()
         bar = tqdm(total=self.total_steps(), initial=self.step, disable=not (self.progress and self.is_main), desc=f"{cfg.model} {cfg.dataset}", unit="it")
         losses: dict = {}
@@ -223,7 +246,9 @@ class Trainer:
             if self.world_size > 1:  # each process takes its slice of every global batch (not a DistributedSampler:
                 share = cfg.batch_size // self.world_size  # the step sequence stays that of one process, resume exact)
                 batches = [b[self.rank * share : (self.rank + 1) * share] for b in batches]
-            loader = DataLoader(ds, batch_sampler=batches, num_workers=cfg.num_workers)
+            # own generator: else each DataLoader draws from the global RNG and a mid-epoch resume changes it
+            loader = DataLoader(ds, batch_sampler=batches, num_workers=cfg.num_workers,
+                                generator=torch.Generator().manual_seed(cfg.seed * 100_003 + self.epoch))
             for batch in loader:
                 t0 = time.perf_counter()
                 losses = self.model.training_step(batch)
@@ -238,6 +263,9 @@ class Trainer:
                     )
                 self.step += 1
                 self.batch_in_epoch += 1
+                if before is not None:
+                    self.write_samples(before, step=0)
+                    before = None
                 bar.update(1)
                 bar.set_postfix({k: f"{v:.3f}" for k, v in losses.items()}, refresh=False)
                 if self.step % max(cfg.log_every, 1) == 0 or self.step == 1:
@@ -255,14 +283,8 @@ class Trainer:
         self.save()
         if self.world_size > 1:
             dist.barrier()  # the final checkpoint is on disk when run() returns, in every process
-        return {
-            "out_dir": str(self.out),
-            "step": self.step,
-            "epoch": self.epoch,
-            "seconds": round(time.perf_counter() - start, 2),
-            "losses": losses,
-            "processes": self.world_size,
-        }
+        return {"out_dir": str(self.out), "step": self.step, "epoch": self.epoch,
+                "seconds": round(time.perf_counter() - start, 2), "losses": losses, "processes": self.world_size}
 
     def _end_epoch(self) -> None:
         cfg = self.cfg
@@ -280,12 +302,24 @@ class Trainer:
             self.save()
 
 
-def train(cfg: TrainConfig | dict, out_dir: str | Path, resume: bool = False, progress: bool = True) -> dict:
+def train(cfg: TrainConfig | dict, out_dir: str | Path, resume: bool = False, progress: bool = True,
+          finished_ok: bool = True) -> dict:
     """Train ``cfg`` into ``out_dir`` (see cutlib.runs for the folder); resume=True continues a saved run.
-    Under torchrun the process group started here is closed here."""
+
+    The run folder is locked (RUN/.lock, by rank 0 under torchrun) while it trains: a second training
+    into it is refused with FolderBusy. ``finished_ok=False``: a resumed run with no steps left raises
+    RunFinished instead of returning its summary. Under torchrun the process group started here is
+    closed here."""
+    out = Path(out_dir)
     ours = not (dist.is_available() and dist.is_initialized())
+    main = int(os.environ.get("RANK", "0")) == 0
     try:
-        return Trainer(cfg, out_dir, resume=resume, progress=progress).run()
+        with locked_folder(out, LOCK_FILE, what="another training") if main else contextlib.nullcontext():
+            trainer = Trainer(cfg, out, resume=resume, progress=progress)
+            if not finished_ok and trainer.step > 0 and trainer.done():
+                raise RunFinished(f"the run in {out} is finished ({trainer.step} steps); raise --max-steps or "
+                                  "--n-epochs to train on")
+            return trainer.run()
     finally:
         if ours and dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()
@@ -345,13 +379,20 @@ def cli(argv: list[str]) -> int:
 
     args = build_parser().parse_args(argv)
     overrides = overrides_from_args(args)
+    out = Path(args.out)
     try:
-        resuming = args.resume and (Path(args.out) / CHECKPOINT).exists()
+        check_folder_path(out)
+        resuming = args.resume and (out / CHECKPOINT).exists()
+        if resuming and args.preset:
+            check_preset(saved_config(out), args.preset, out)
         # resuming: only the fields given change (the saved config is merged with them in Trainer)
         cfg = overrides if resuming else C.preset(args.preset or "cut", **overrides)
-        summary = train(cfg, args.out, resume=args.resume, progress=not args.no_progress)
-    except (ValueError, TypeError, FileExistsError, FileNotFoundError, TrainingDiverged) as err:
+        summary = train(cfg, out, resume=args.resume, progress=not args.no_progress, finished_ok=False)
+    except (ValueError, TypeError, TrainingDiverged, FolderBusy) as err:  # CheckpointError, RunFinished too
         print(f"cutlib train: {err}", file=sys.stderr)
+        return 1
+    except OSError as err:  # a full disk, a folder that cannot be read or written (read-only, missing, a file)
+        print(f"cutlib train: {describe_os_error(err)}", file=sys.stderr)
         return 1
     if int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps(summary, indent=2))

@@ -70,3 +70,30 @@ def test_numbers_from_papermill_and_yaml_are_accepted_but_bools_are_not():
         C.CUT(batch_size=True)
     with pytest.raises(TypeError, match="batch_size must be an integer"):
         C.CUT(batch_size=2.5)
+
+
+@pytest.mark.parametrize("name,value", [("lambda_nce", "nan"), ("lr", "inf"), ("lr", float("inf")), ("nce_t", float("-inf")),
+                                        ("lambda_nce", float("nan"))])
+def test_non_finite_numbers_are_refused_by_override_and_from_dict(name, value):
+    with pytest.raises(ValueError, match=f"{name} must be a finite number"):
+        C.override(C.CUT(), **{name: value})
+    with pytest.raises(ValueError, match=f"{name} must be a finite number"):
+        C.from_dict({**C.CUT().to_dict(), name: value})
+
+
+@pytest.mark.parametrize("name", ["num_workers", "dataset_len", "save_epoch_freq"])
+def test_negative_counts_are_refused(name):
+    with pytest.raises(ValueError, match=f"{name} must be >= 0"):
+        C.CUT(**{name: -1})
+
+
+def test_command_line_refuses_non_finite_numbers_in_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    for flag, value in (("--lambda-nce", "nan"), ("--lr", "inf")):
+        done = subprocess.run([sys.executable, "-m", "cutlib", "train", "--out", str(tmp_path / "run"), flag, value],
+                              capture_output=True, text=True)
+        assert done.returncode == 1 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+        assert "must be a finite number" in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "run").exists()

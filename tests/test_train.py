@@ -12,7 +12,7 @@ import torch
 from cutlib import config as C
 from cutlib.data import make_dataset
 from cutlib.models import CUTModel
-from cutlib.runs import CHECKPOINT, load_run
+from cutlib.runs import CHECKPOINT, load_checkpoint, load_run
 from cutlib.train import Trainer, TrainingDiverged, epoch_batches, train
 
 TINY = {k: v for k, v in C.TINY_SCALE.items() if k != "dataset"}  # the datasets come from fixtures
@@ -103,7 +103,7 @@ def test_epoch_batches_are_fixed_by_seed_and_epoch():
 def test_run_folder_and_checkpoint_contents(stripes, tmp_path):
     summary = train(tiny(stripes, max_steps=3), tmp_path / "run", progress=False)
     assert summary["step"] == 3
-    ckpt = torch.load(tmp_path / "run" / CHECKPOINT, weights_only=False)
+    ckpt = load_checkpoint(tmp_path / "run" / CHECKPOINT)
     assert {"G", "D", "H", "optimizers", "schedulers", "rng", "step", "epoch", "config"} <= set(ckpt)
     assert ckpt["step"] == 3 and C.from_dict(ckpt["config"]).max_steps == 3
     rows = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
@@ -125,8 +125,8 @@ def test_resume_reaches_the_same_weights_as_an_uninterrupted_run(stripes, tmp_pa
     with pytest.raises(FileExistsError, match="resume"):
         train(cfg, tmp_path / "split", progress=False)
     train(cfg, tmp_path / "split", resume=True, progress=False)
-    a = torch.load(tmp_path / "straight" / CHECKPOINT, weights_only=False)
-    b = torch.load(tmp_path / "split" / CHECKPOINT, weights_only=False)
+    a = load_checkpoint(tmp_path / "straight" / CHECKPOINT)
+    b = load_checkpoint(tmp_path / "split" / CHECKPOINT)
     assert a["step"] == b["step"] == 6 and a["epoch"] == b["epoch"]
     for net in ("G", "D", "H"):
         for key in a[net]:
@@ -146,13 +146,13 @@ def test_resume_refuses_a_different_config(stripes, tmp_path):
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(stripes, tmp_path):
     out = tmp_path / "run"
     train(tiny(stripes, max_steps=2, save_every=1), out, progress=False)
-    good = torch.load(out / CHECKPOINT, weights_only=False)
+    good = load_checkpoint(out / CHECKPOINT)
     trainer = Trainer(tiny(stripes, max_steps=4, save_every=1), out, resume=True, progress=False)
     with torch.no_grad():
         next(trainer.model.G.parameters()).fill_(float("nan"))  # poison the network
     with pytest.raises(TrainingDiverged, match="last good checkpoint"):
         trainer.run()
-    kept = torch.load(out / CHECKPOINT, weights_only=False)
+    kept = load_checkpoint(out / CHECKPOINT)
     assert kept["step"] == good["step"] == 2
     assert all(torch.isfinite(v).all() for v in kept["G"].values() if v.is_floating_point())
 
@@ -173,7 +173,7 @@ def test_command_line_train_and_resume(stripes, tmp_path):
     more = subprocess.run(args[:10] + ["--resume", "--max-steps", "3", "--no-progress"], capture_output=True, text=True)
     assert more.returncode == 0, more.stderr
     assert json.loads(more.stdout)["step"] == 3
-    assert C.from_dict(torch.load(out / CHECKPOINT, weights_only=False)["config"]).lambda_nce == 10.0
+    assert C.from_dict(load_checkpoint(out / CHECKPOINT)["config"]).lambda_nce == 10.0
     bad = subprocess.run(args + ["--lamda-nce", "2"], capture_output=True, text=True)
     assert bad.returncode != 0
     bad = subprocess.run(args[:8] + ["--batch-size", "two", "--out", str(tmp_path / "x")], capture_output=True, text=True)
