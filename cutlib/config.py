@@ -11,6 +11,7 @@ import dataclasses
 import difflib
 import json
 import math
+import types
 import typing
 from dataclasses import dataclass, fields, replace
 from typing import Any, Literal, get_args, get_origin
@@ -76,7 +77,7 @@ class TrainConfig:
     crop_size: int = 256  # then randomly cropped to this size (the training resolution)
     flip: bool = True  # random horizontal flip of the training images
     decay_no_jitter: bool = True  # decay epochs load at crop size, no random crop (as the reference)
-    num_workers: int = 0  # DataLoader worker processes (0: load in the training process)
+    num_workers: int | Literal["auto"] = "auto"  # DataLoader worker processes (0: in the training process; auto: 0 on CPU, spare cores on a GPU)
     dataset_len: int = 0  # items per epoch (0: max(|A|, |B|)); SinCUT draws 100000 crops per "epoch"
     # --- run
     seed: int = 0  # seeds the networks, the data order and the objective's randomness
@@ -199,6 +200,14 @@ def _coerce(name: str, value: Any) -> Any:
     """Check (and for strings, parse) a value for field ``name``; raise a clear error if it is wrong."""
     hint = _HINTS[name]
     origin = get_origin(hint)
+    if origin in (typing.Union, types.UnionType):  # int | Literal["auto"]: the word, else an integer
+        words = [w for arg in get_args(hint) if get_origin(arg) is Literal for w in get_args(arg)]
+        if value in words:
+            return value
+        try:
+            return _number(name, value, int)
+        except TypeError:
+            raise TypeError(f"{name} must be an integer or one of {words}, got {value!r}") from None
     if origin is Literal:
         choices = get_args(hint)
         if value not in choices:
@@ -254,7 +263,7 @@ def validate(cfg: TrainConfig) -> None:
             problems.append(f"{name} must be at least 1, got {getattr(cfg, name)}")
     for name in ("n_epochs", "n_epochs_decay", "max_steps", "log_every", "sample_every", "save_every", "num_workers",
                  "dataset_len", "save_epoch_freq"):
-        if getattr(cfg, name) < 0:
+        if getattr(cfg, name) != "auto" and getattr(cfg, name) < 0:
             problems.append(f"{name} must be >= 0, got {getattr(cfg, name)}")
     if cfg.n_epochs + cfg.n_epochs_decay < 1:
         problems.append("n_epochs + n_epochs_decay must be at least 1")

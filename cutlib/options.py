@@ -22,6 +22,8 @@ import difflib
 import inspect
 import io
 import re
+import types
+import typing
 import textwrap
 import tokenize
 import typing
@@ -54,6 +56,9 @@ def type_text(hint) -> tuple[str, str]:
         return "{" + ",".join(choices) + "}", "one of " + ", ".join(choices)
     if origin is tuple:
         return "NAMES", "comma-separated names"
+    if origin in (typing.Union, types.UnionType):  # e.g. int | Literal["auto"]
+        parts = [type_text(arg) for arg in get_args(hint)]
+        return "|".join(m.strip("{}") for m, _ in parts), " or ".join(d for _, d in parts)
     known = {bool: ("true|false", "true or false"), int: ("INT", "an integer"), float: ("FLOAT", "a number"),
              str: ("STR", "a string")}
     return known.get(hint, ("VALUE", "a value"))

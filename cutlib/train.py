@@ -20,11 +20,11 @@ from typing import NamedTuple
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch.utils.data import DataLoader
 
 from cutlib import config as C
 from cutlib.config import TrainConfig
 from cutlib.data import load_dataset, sample_images
+from cutlib.data.loader import epoch_loader
 from cutlib.distributed import average_losses, distribute, setup_distributed, unwrap
 from cutlib.files import FolderBusy, append_text, check_folder_path, describe_os_error, locked_folder, write_text
 from cutlib.models import build_model
@@ -246,9 +246,7 @@ class Trainer:
             if self.world_size > 1:  # each process takes its slice of every global batch (not a DistributedSampler:
                 share = cfg.batch_size // self.world_size  # the step sequence stays that of one process, resume exact)
                 batches = [b[self.rank * share : (self.rank + 1) * share] for b in batches]
-            # own generator: else each DataLoader draws from the global RNG and a mid-epoch resume changes it
-            loader = DataLoader(ds, batch_sampler=batches, num_workers=cfg.num_workers,
-                                generator=torch.Generator().manual_seed(cfg.seed * 100_003 + self.epoch))
+            loader = epoch_loader(ds, batches, cfg, self.epoch, self.device)
             for batch in loader:
                 t0 = time.perf_counter()
                 losses = self.model.training_step(batch)
