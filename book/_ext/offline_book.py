@@ -1,10 +1,13 @@
-"""Sphinx extension: typeset the book's maths with a MathJax served by the book itself.
+"""Sphinx extension: a book that reads offline, every script and font served by the book itself.
 
 Sphinx loads MathJax from a CDN by default, so a book opened from disk without a network shows every
 equation as TeX source. This extension copies MathJax 3.2.2 (its ``es5`` build, fonts and TeX
 extensions included) from the pinned PyPI package ``django-static-mathjax`` (plain files under the
 import name ``mathjax``; Django itself is not needed) into ``_static/mathjax/`` of the built HTML, and
 points ``mathjax_path`` at it.
+
+It also drops sphinx-thebe's scripts from the pages: the live-code button is off (``launch_buttons``),
+yet Jupyter Book adds them anyway, twice (a JavaScript error on every page), naming thebe on a CDN.
 """
 
 from __future__ import annotations
@@ -40,7 +43,19 @@ def _copy_mathjax(app, exception) -> None:
         copy_asset(str(mathjax_source()), str(Path(app.outdir) / "_static" / TARGET))
 
 
+def _is_thebe(asset) -> bool:
+    return "thebe" in str(getattr(asset, "filename", "") or "") or "THEBE_JS_URL" in str(
+        getattr(asset, "attributes", {}).get("body", ""))
+
+
+def _drop_thebe(app, pagename, templatename, context, doctree) -> None:
+    for key in ("script_files", "css_files"):
+        if key in context:
+            context[key] = [asset for asset in context[key] if not _is_thebe(asset)]
+
+
 def setup(app):
     app.connect("config-inited", _use_local_mathjax)
+    app.connect("html-page-context", _drop_thebe)
     app.connect("build-finished", _copy_mathjax)
     return {"parallel_read_safe": True, "parallel_write_safe": True}
