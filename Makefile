@@ -30,10 +30,12 @@ test: setup
 
 # JupyterLab on the notebooks, on this machine only (127.0.0.1); it prints the URL to open. The course
 # kernel "Python 3 (cutlib)" (name python3, the one every notebook names) is the venv's own: preferred
-# over a python3 kernel of another Python in the user's Jupyter folders.
+# over a python3 kernel of another Python in the user's Jupyter folders. No news feed or update check
+# (they would ask the internet).
 lab: setup
 	JUPYTER_PREFER_ENV_PATH=1 $(BIN)/jupyter lab $(ROOT_FLAG) --ServerApp.ip=127.0.0.1 \
-	    --ServerApp.root_dir=notebooks --MappingKernelManager.default_kernel_name=python3
+	    --ServerApp.root_dir=notebooks --MappingKernelManager.default_kernel_name=python3 \
+	    --LabApp.news_url=None --LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate
 
 # The course as a Jupyter Book, offline, warnings as errors: executes the notebooks (two at a time,
 # unchanged ones are reused) and renders them into book/_build/html (tools/build_book.py).

@@ -142,9 +142,15 @@ class Chromium:
             self._receive()
 
     def screenshot(self, path: Path, height: int) -> Path:
-        """A PNG of the page's top `height` pixels (at most MAX_SHOT_HEIGHT), WIDTH wide."""
-        clip = {"x": 0, "y": 0, "width": WIDTH, "height": max(1, min(height, MAX_SHOT_HEIGHT)), "scale": 1}
-        shot = self.send("Page.captureScreenshot", format="png", captureBeyondViewport=True, clip=clip)
+        """A PNG of the page's top `height` pixels (at most MAX_SHOT_HEIGHT), WIDTH wide: the window is
+        made that tall for the shot (capturing beyond the window instead lays the theme out wrongly)."""
+        height = max(1, min(height, MAX_SHOT_HEIGHT))
+        self.send("Emulation.setDeviceMetricsOverride", width=WIDTH, height=height, deviceScaleFactor=1, mobile=False)
+        try:
+            self.evaluate("new Promise(done => requestAnimationFrame(() => requestAnimationFrame(done)))")
+            shot = self.send("Page.captureScreenshot", format="png")
+        finally:
+            self.send("Emulation.clearDeviceMetricsOverride")
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(base64.b64decode(shot["data"]))
         return path
