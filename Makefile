@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 TEST_WORKERS ?= 2
 ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
 
-.PHONY: setup demo test lab book clean
+.PHONY: setup demo test lab book browser check-book clean
 
 setup: $(STAMP)
 
@@ -28,13 +28,35 @@ test: setup
 	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile \
 	    tests notebooks --nbval-lax --nbval-current-env --nbval-kernel-name python3
 
+# JupyterLab on the notebooks, on this machine only (127.0.0.1); it prints the URL to open. The course
+# kernel "Python 3 (cutlib)" (name python3, the one every notebook names) is the venv's own: preferred
+# over a python3 kernel of another Python in the user's Jupyter folders. No news feed or update check
+# (they would ask the internet).
 lab: setup
-	$(BIN)/jupyter lab $(ROOT_FLAG) notebooks
+	JUPYTER_PREFER_ENV_PATH=1 $(BIN)/jupyter lab $(ROOT_FLAG) --ServerApp.ip=127.0.0.1 \
+	    --ServerApp.root_dir=notebooks --MappingKernelManager.default_kernel_name=python3 \
+	    --LabApp.news_url=None --LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate
 
 # The course as a Jupyter Book, offline, warnings as errors: executes the notebooks (two at a time,
 # unchanged ones are reused) and renders them into book/_build/html (tools/build_book.py).
 book: setup
 	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/python tools/build_book.py --jobs $(TEST_WORKERS)
+
+# Debian's chromium, run headless by the book's browser checks; installed only when missing (as root,
+# as on the course machines and CI; otherwise it says what to run).
+browser:
+	@command -v chromium > /dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	      apt-get install -y -qq --no-install-recommends chromium fonts-dejavu-core > /dev/null; \
+	  else echo "chromium is missing: sudo apt-get install chromium fonts-dejavu-core" >&2; exit 1; fi; }
+	@chromium --version 2> /dev/null
+
+# The built book (run `make book` first) in headless Chromium: on every page the maths is typeset,
+# no output is a traceback, no figure is empty or blank, nothing comes from another host.
+# Screenshots of the pages go to book/_build/screenshots/.
+check-book: setup browser
+	@test -f book/_build/html/intro.html || { echo "the book is not built: run make book first" >&2; exit 1; }
+	$(BIN)/python -m pytest -q tests/test_browser_book.py tests/test_book.py
 
 clean:
 	rm -rf runs book/_build .pytest_cache

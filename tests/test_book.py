@@ -1,12 +1,15 @@
-"""The book (book/, tools/build_book.py): every notebook is in it, it builds offline, its API page imports."""
+"""The book (book/, tools/build_book.py): every notebook is in it, it builds offline, its API page imports,
+and the built pages load nothing from another host (MathJax is the book's own)."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import re
 import subprocess
 import sys
+from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
@@ -16,6 +19,8 @@ REPO = Path(__file__).resolve().parents[1]
 spec = importlib.util.spec_from_file_location("build_book", REPO / "tools" / "build_book.py")
 build_book = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(build_book)
+sys.path.insert(0, str(REPO / "book" / "_ext"))
+import offline_book  # noqa: E402
 
 URL = re.compile(r"\b(?:https?|ftp)://|//[a-z0-9.-]+\.[a-z]{2,}/", re.IGNORECASE)
 
@@ -102,3 +107,82 @@ def test_docstrings_become_literal_blocks():
     empty = ["", "  "]
     _as_literal(None, "function", "f", None, {}, empty)
     assert empty == ["", "  "]
+
+
+# --- the built book (book/_build/html, after `make book`): nothing is loaded from another host ---
+
+HTML = REPO / "book" / "_build" / "html"
+REMOTE = re.compile(r"^(?:[a-z][a-z0-9+.-]*:)?//", re.IGNORECASE)  # http://, https://, //host/...
+
+
+class _Assets(HTMLParser):
+    """The URLs an HTML page loads by itself: scripts, stylesheets/fonts/icons, images, frames, media."""
+
+    def __init__(self):
+        super().__init__()
+        self.urls: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "link" and attrs.get("rel", "") not in ("canonical", "next", "prev", "search", "index"):
+            self.urls.append(attrs.get("href") or "")
+        elif tag in ("script", "img", "iframe", "source", "audio", "video", "embed"):
+            self.urls.append(attrs.get("src") or "")
+
+
+def remote_assets(html: str) -> list[str]:
+    """The remote URLs among what a page loads (a link a reader may click is not loaded)."""
+    parser = _Assets()
+    parser.feed(html)
+    return [url for url in parser.urls if REMOTE.match(url.strip())]
+
+
+def test_remote_assets_finds_only_what_a_page_loads():
+    page = ('<script src="https://cdn.example/mathjax.js"></script><link rel="stylesheet" href="//fonts.example/a.css">'
+            '<script src="_static/local.js"></script><a href="https://arxiv.org/abs/2007.15651">paper</a>'
+            '<img src="data:image/png;base64,AAAA"><link rel="preload" as="font" href="http://x.example/f.woff2">')
+    assert remote_assets(page) == ["https://cdn.example/mathjax.js", "//fonts.example/a.css", "http://x.example/f.woff2"]
+
+
+def built_pages() -> list[Path]:
+    pages = sorted(HTML.rglob("*.html")) if HTML.is_dir() else []
+    if not (HTML / "intro.html").exists():
+        pytest.skip(f"the book is not built ({HTML} has no intro.html): run `make book`")
+    return pages
+
+
+def test_no_built_page_loads_anything_from_another_host():
+    offenders = {}
+    for page in built_pages():
+        found = remote_assets(page.read_text(errors="replace"))
+        if found:
+            offenders[page.relative_to(HTML).as_posix()] = found
+    for css in HTML.joinpath("_static").rglob("*.css"):
+        found = re.findall(r"(?:url\(\s*['\"]?|@import\s+['\"])((?:https?:)?//[^'\")\s]+)", css.read_text(errors="replace"))
+        if found:
+            offenders[css.relative_to(HTML).as_posix()] = found
+    assert not offenders, f"built pages load from other hosts, so they break offline: {offenders}"
+
+
+def test_the_built_book_serves_its_own_mathjax():
+    pages = built_pages()
+    entry = HTML / "_static" / offline_book.MATHJAX_PATH
+    assert entry.is_file() and entry.stat().st_size > 100_000, f"MathJax is missing from the built book: {entry}"
+    assert (HTML / "_static" / "mathjax" / "output" / "chtml" / "fonts" / "woff-v2").is_dir(), "MathJax fonts missing"
+    with_maths = [p for p in pages if 'class="math' in p.read_text(errors="replace")]
+    assert with_maths, "no page of the book has maths"
+    for page in with_maths:
+        local = os.path.relpath(entry, page.parent)
+        loads = re.search(f'src="{re.escape(local)}(?:\\?[^"]*)?"', page.read_text(errors="replace"))
+        assert loads, f"{page.name} does not load {local}"
+
+
+def test_mathjax_source_is_installed_and_its_absence_is_explained(tmp_path):
+    assert (offline_book.mathjax_source() / offline_book.ENTRY).is_file()
+    (tmp_path / "mathjax").mkdir()
+    (tmp_path / "mathjax" / "__init__.py").write_text("")  # a 'mathjax' package without MathJax's files
+    code = ("import sys; sys.path[:0] = [sys.argv[1], sys.argv[2]]\nimport offline_book\n"
+            "try:\n    offline_book.mathjax_source()\nexcept Exception as error:\n    print(error)")
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path), str(REPO / "book" / "_ext")],
+                          capture_output=True, text=True, check=True)
+    assert "django-static-mathjax" in done.stdout and "make setup" in done.stdout, done.stdout
