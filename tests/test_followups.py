@@ -313,3 +313,56 @@ def test_preset_trains_two_steps_from_the_command_line(preset, tmp_path):
     done = subprocess.run(args + TINY_CLI, capture_output=True, text=True, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["step"] == 2
+
+
+# ---------------------------------------------------------------------------------------- DCLGAN
+
+
+def test_dclgan_generator_loss_is_the_dual_objective():
+    """L_G = 0.5 (GAN_G + GAN_F) + 0.5 lambda (NCE_1 + NCE_2) + 0.5 lambda_idt (L1_G + L1_F), each NCE across embeddings."""
+    from cutlib.models import DCLGANModel, build_model
+
+    cfg = C.tiny_scale("dclgan", n_blocks=2, nce_layers=("down1", "down2", "res1", "res2"), num_patches=8)
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    assert isinstance(model, DCLGANModel) and set(model.networks) == {"G", "G_B", "D", "D_B", "H", "H_B"}
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.rand(1, 3, 32, 32, generator=g) * 2 - 1, torch.rand(1, 3, 32, 32, generator=g) * 2 - 1
+    state = model.rng.get_state()
+    with torch.no_grad():  # the loss by hand, before the step changes the weights
+        fake_y, fake_x = model.G(x), model.G_B(y)
+        rng = torch.Generator().set_state(state)
+
+        def nce(key_enc, key_heads, real, query_enc, query_heads, fake):
+            k_s, ids = sample_patches(key_enc.encode(real, model.taps), 8, generator=rng)
+            q_s, _ = sample_patches(query_enc.encode(fake, model.taps), 8, ids)
+            return sum(patch_nce(q, k).mean() for q, k in zip(query_heads(q_s), key_heads(k_s))) / 4
+
+        nce_1 = nce(model.G, model.H, x, model.G_B, model.H_B, fake_y)
+        nce_2 = nce(model.G_B, model.H_B, y, model.G, model.H, fake_x)
+        idt = 0.5 * ((model.G(y) - y).abs().mean() + (model.G_B(x) - x).abs().mean())
+    losses = model.training_step({"A": x, "B": y})
+    assert losses["NCE"] == pytest.approx(2.0 * nce_1.item(), rel=1e-5)
+    assert losses["NCE_2"] == pytest.approx(2.0 * nce_2.item(), rel=1e-5)
+    assert losses["idt"] == pytest.approx(idt.item(), rel=1e-5)
+    assert losses["G"] == pytest.approx(losses["G_GAN"] + 0.5 * (losses["NCE"] + losses["NCE_2"]) + losses["idt"], rel=1e-5)
+    assert all(p.grad is not None for p in model.G_B.parameters()), "the second generator learns"
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.H_B.parameters())
+
+
+def test_dclgan_refuses_what_it_does_not_have():
+    from cutlib.models import DCLGANModel
+
+    with pytest.raises(ValueError, match="nce_idt=False"):
+        DCLGANModel(C.tiny_scale("dclgan", nce_idt=True, n_blocks=2, nce_layers=("down1", "res2")))
+    with pytest.raises(ValueError, match="model='cut'"):
+        C.preset("dclgan", nce_weighting="hard")
+
+
+def test_dclgan_preset_takes_the_papers_defaults():
+    d = C.preset("dclgan")
+    assert (d.model, d.lambda_nce, d.lambda_idt_l1, d.nce_idt, d.nce_layers) == ("dclgan", 2.0, 1.0, False, ("down1", "down2", "res1", "res5"))
+
+
+def test_dclgan_trains_two_steps_from_the_command_line(tmp_path):
+    test_preset_trains_two_steps_from_the_command_line("dclgan", tmp_path)
