@@ -29,7 +29,7 @@ class TrainConfig:
     """
 
     # --- what is trained
-    model: Literal["cut", "cyclegan", "sincut"] = "cut"  # objective class in cutlib.models
+    model: Literal["cut", "cyclegan", "sincut", "dclgan"] = "cut"  # objective class in cutlib.models
     dataset: str = "stripes"  # built-in name, catalog name (downloaded) or a folder path
     # --- networks (reference page sections 3, 4)
     netG: Literal["resnet", "stylegan2"] = "resnet"  # generator: CycleGAN's ResNet (CUT) or StyleGAN2's (SinCUT)
@@ -59,7 +59,18 @@ class TrainConfig:
     nce_decoder_grad: bool = True  # False: the decoder learns from the GAN loss only (thesis ablation)
     share_encoder: bool = True  # False: separate encoder and heads for the output image (thesis ablation)
     lambda_r1: float = 0.0  # R1 penalty on real images (SinCUT: 1.0, applied with weight 0.5 * lambda_r1)
-    lambda_idt_l1: float = 0.0  # L1 identity loss on (y, G(y)) (SinCUT: 1.0)
+    lambda_idt_l1: float = 0.0  # L1 identity loss on (y, G(y)) (SinCUT: 1.0; DCLGAN: 1.0, on both generators)
+    # --- follow-ups of PatchNCE (cutlib.followups; reference page, last section); the defaults are CUT
+    nce_weighting: Literal["uniform", "hard", "ot"] = "uniform"  # negatives: uniform (CUT), hDCE hard negatives (Hneg-SRC), Sinkhorn OT (MoNCE)
+    hdce_gamma: float = 50.0  # hDCE weight temperature in epoch 0 (Hneg-SRC: 50)
+    hdce_gamma_min: float = 10.0  # hDCE temperature after the last epoch: linear curriculum (Hneg-SRC: 10; = hdce_gamma: constant)
+    lambda_src: float = 0.0  # weight of the semantic-relation consistency loss SRC (Hneg-SRC: 0.05 on horse2zebra)
+    ot_eps: float = 0.1  # MoNCE: entropic regularisation of the Sinkhorn plan (its horse2zebra script: 0.1)
+    ot_cost: Literal["hard", "easy"] = "hard"  # MoNCE: similar negatives weigh more (hard) or less (easy)
+    ot_neg_weight: float = 1.0  # MoNCE: Q, the weight of the negative term
+    ot_iters: int = 50  # MoNCE: Sinkhorn iterations
+    nce_queries: Literal["random", "entropy"] = "random"  # queries: random locations (CUT) or QS-Attn's low-entropy selection
+    qs_from_layer: int = 3  # QS-Attn: index of the first NCE layer that selects and routes its queries (3: the residual taps)
     # --- CycleGAN baseline
     lambda_cycle: float = 10.0  # weight of the cycle-consistency L1 loss
     lambda_identity: float = 0.5  # identity loss weight, as a fraction of lambda_cycle
@@ -139,7 +150,36 @@ def SinCUT(**overrides) -> TrainConfig:
     return override(base, **overrides)
 
 
-PRESETS = {"cut": CUT, "fastcut": FastCUT, "cyclegan": CycleGAN, "sincut": SinCUT}
+def HnegSRC(**overrides) -> TrainConfig:
+    """Hneg-SRC (Jung et al. CVPR 2022), its horse2zebra command: CUT with hDCE (hard negatives, positive
+    decoupled) x0.1 in place of PatchNCE, SRC x0.05, hDCE temperature 50 -> 10 over training."""
+    base = TrainConfig(nce_weighting="hard", lambda_nce=0.1, lambda_src=0.05, hdce_gamma=50.0, hdce_gamma_min=10.0)
+    return override(base, **overrides)
+
+
+def MoNCE(**overrides) -> TrainConfig:
+    """MoNCE (Zhan et al. CVPR 2022), its horse2zebra script: CUT with the negatives reweighted by a
+    Sinkhorn plan (hard cost, eps 0.1, Q 1, 50 iterations)."""
+    base = TrainConfig(nce_weighting="ot", ot_eps=0.1, ot_cost="hard", ot_neg_weight=1.0, ot_iters=50)
+    return override(base, **overrides)
+
+
+def QSAttn(**overrides) -> TrainConfig:
+    """QS-Attn (Hu et al. CVPR 2022), global mode: CUT whose last two NCE layers keep the queries of
+    lowest attention entropy and route the features through their attention rows."""
+    return override(TrainConfig(nce_queries="entropy", qs_from_layer=3), **overrides)
+
+
+def DCLGAN(**overrides) -> TrainConfig:
+    """DCLGAN (Han et al. CVPRW 2021): two generators and two sets of heads, PatchNCE x2 both ways, L1
+    identity x1, no cycle loss, no NCE identity, taps 4,8,12,16 of the reference (no RGB layer)."""
+    base = TrainConfig(model="dclgan", lambda_nce=2.0, nce_idt=False, lambda_idt_l1=1.0,
+                       nce_layers=("down1", "down2", "res1", "res5"), pool_size=0)
+    return override(base, **overrides)
+
+
+PRESETS = {"cut": CUT, "fastcut": FastCUT, "cyclegan": CycleGAN, "sincut": SinCUT,
+           "hnegsrc": HnegSRC, "monce": MoNCE, "qsattn": QSAttn, "dclgan": DCLGAN}
 
 
 # The course's laptop scale: 64 px crops of the built-in data, narrow networks, six residual blocks.
@@ -271,8 +311,26 @@ def validate(cfg: TrainConfig) -> None:
         problems.append("lr and nce_t must be positive")
     if not cfg.nce_layers:
         problems.append("nce_layers must name at least one encoder tap")
+    problems += _followup_problems(cfg)
     if problems:
         raise ValueError("invalid TrainConfig: " + "; ".join(problems))
+
+
+def _followup_problems(cfg: TrainConfig) -> list[str]:
+    """What the follow-ups of PatchNCE (nce_weighting, nce_queries, lambda_src) cannot be combined with."""
+    problems = [f"{name} must be positive, got {getattr(cfg, name)}" for name in ("hdce_gamma", "hdce_gamma_min", "ot_eps", "ot_iters")
+                if getattr(cfg, name) <= 0]
+    if cfg.lambda_src < 0:
+        problems.append(f"lambda_src must be >= 0, got {cfg.lambda_src}")
+    if cfg.nce_queries == "entropy" and not 0 <= cfg.qs_from_layer < len(cfg.nce_layers):
+        problems.append(f"qs_from_layer must index one of the {len(cfg.nce_layers)} nce_layers (0..{len(cfg.nce_layers) - 1}), got {cfg.qs_from_layer}")
+    if cfg.nce_weighting != "uniform" or cfg.nce_queries != "random" or cfg.lambda_src > 0:
+        if cfg.model != "cut" or cfg.negatives != "internal" or not cfg.share_encoder:
+            problems.append("nce_weighting, nce_queries and lambda_src work with model='cut', negatives='internal' and "
+                            "share_encoder=True only: reset the follow-up fields or these ablations")
+    if cfg.model == "dclgan" and cfg.netG != "resnet":
+        problems.append("model='dclgan' needs netG='resnet' (two ResNet generators)")
+    return problems
 
 
 def from_dict(data: dict[str, Any]) -> TrainConfig:

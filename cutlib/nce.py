@@ -11,12 +11,14 @@ spatial location, which makes them the positive pair (book/reference.md section 
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 from typing import NamedTuple, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from cutlib import followups
 from cutlib.losses import full_precision
 
 DIAGONAL_FILL = -10.0  # the reference masks the duplicated positive with -10 before dividing by tau
@@ -229,9 +231,39 @@ class MomentumQueue(nn.Module):
 
 
 class NCEResult(NamedTuple):
-    loss: Tensor  # scalar: lambda * mean over layers of the mean over queries
+    loss: Tensor  # scalar: lambda * mean over layers of the mean over queries (+ lambda_src * SRC)
     per_layer: list[Tensor]  # scalar per layer (before lambda)
-    patch_ids: list[Tensor]  # the sampled locations, one (P,) tensor per layer
+    patch_ids: list[Tensor]  # the sampled locations, one (P,) tensor per layer ((B, P) where QS-Attn selects)
+    relation: Tensor | None = None  # the SRC term, mean over layers (before lambda_src), when it is on
+
+
+@dataclass(frozen=True)
+class NCEHooks:
+    """Where the follow-ups change PatchNCE (cutlib.followups). At the defaults it is CUT: passing
+    NCEHooks() or no hooks gives the same loss."""
+
+    weighting: str = "uniform"  # negatives: "uniform" (CUT), "hard" (hDCE of Hneg-SRC), "ot" (MoNCE)
+    hdce_gamma: float = 50.0  # temperature of the hard-negative weights (hDCE)
+    ot_eps: float = 0.1  # entropic regularisation of the Sinkhorn plan (MoNCE)
+    ot_cost: str = "hard"  # MoNCE: "hard" (similar negatives weigh more) or "easy"
+    ot_neg_weight: float = 1.0  # MoNCE's Q, the weight of the negative term
+    ot_iters: int = 50  # Sinkhorn iterations
+    queries: str = "random"  # which queries: "random" (CUT) or "entropy" (QS-Attn's attention selection)
+    qs_from_layer: int = 3  # QS-Attn: the layers from this index on select and route their queries
+    lambda_src: float = 0.0  # weight of the semantic-relation consistency term SRC (Hneg-SRC)
+
+    def __post_init__(self):
+        for name, value, choices in (("weighting", self.weighting, ("uniform", "hard", "ot")),
+                                     ("queries", self.queries, ("random", "entropy")), ("ot_cost", self.ot_cost, ("hard", "easy"))):
+            if value not in choices:
+                raise ValueError(f"NCEHooks.{name} must be one of {list(choices)}, got {value!r}")
+
+    def layer_loss(self, q: Tensor, k: Tensor, tau: float, groups: int) -> Tensor:
+        """Per-query loss of one layer with these hooks; k is detached already."""
+        if self.weighting == "hard":
+            return followups.hdce(q, k, followups.hard_negative_weights(k, self.hdce_gamma, groups), tau, groups)
+        plan = followups.ot_negative_weights(q, k, self.ot_eps, self.ot_cost, self.ot_iters, groups)
+        return followups.monce(q, k, plan, tau, self.ot_neg_weight, groups)
 
 
 def multilayer_patch_nce(
@@ -247,6 +279,7 @@ def multilayer_patch_nce(
     patch_ids: Sequence[Tensor] | None = None,
     generator: torch.Generator | None = None,
     query_heads: ProjectionHeads | None = None,
+    hooks: NCEHooks | None = None,
 ) -> NCEResult:
     """Multilayer PatchNCE (Eq. 5) with the reference's reduction: per layer the mean over the
     B*P queries, then the AVERAGE over layers, times lambda_nce.
@@ -257,18 +290,31 @@ def multilayer_patch_nce(
     Locations are sampled on the keys and reused for the queries. query_heads: separate heads for
     the queries (the "no weight sharing" ablation); by default the same heads serve both. With
     separate heads the key features are detached before the key heads, which then learn through the keys.
+    hooks: the follow-ups (NCEHooks: negative weighting, query selection, SRC); None is CUT.
     """
     _check_multilayer(feats_q, feats_k, negatives, external)
+    if hooks is not None and (negatives != "internal" or query_heads is not None):
+        raise ValueError("hooks need negatives='internal' and shared heads (query_heads=None)")
     batch_size = feats_k[0].shape[0]
     k_samples, ids = sample_patches(feats_k, num_patches, patch_ids, generator)
     q_samples, _ = sample_patches(feats_q, num_patches, ids)
+    if hooks is not None and hooks.queries == "entropy":  # QS-Attn: the deeper layers keep low-entropy queries
+        for layer in range(hooks.qs_from_layer, len(feats_k)):
+            attn, ids[layer] = followups.entropy_selection(feats_k[layer], num_patches)
+            k_samples[layer], q_samples[layer] = followups.route(feats_k[layer], attn), followups.route(feats_q[layer], attn)
     if query_heads is None:
         k_proj, q_proj = heads(k_samples), heads(q_samples)
     else:  # separate heads: the key heads can only learn through the keys, so detach below them instead
         k_proj, q_proj = heads([k.detach() for k in k_samples]), query_heads(q_samples)
     internal = None if negatives == "external" else ("batch" if batch_negatives else "image")
-    per_layer = []
+    per_layer, relation = [], []
+    groups = 1 if batch_negatives else batch_size
     for layer, (q, k) in enumerate(zip(q_proj, k_proj)):
+        if hooks is not None and hooks.lambda_src > 0:
+            relation.append(followups.src_loss(q, k, groups))
+        if hooks is not None and hooks.weighting != "uniform":  # hDCE or MoNCE in place of patch_nce
+            per_layer.append(hooks.layer_loss(q, k.detach(), tau, groups).mean())
+            continue
         ext = None
         if negatives != "internal" and external[layer].shape[0] > 0:
             ext = external[layer]
@@ -276,6 +322,9 @@ def multilayer_patch_nce(
             ext = torch.zeros(0, q.shape[1], device=q.device, dtype=q.dtype)
         per_layer.append(patch_nce(q, k, tau, internal, batch_size, ext, detach_keys=query_heads is None).mean())
     loss = lambda_nce * torch.stack(per_layer).mean()
+    if relation:  # Hneg-SRC: + lambda_src * mean over layers of SRC
+        src = torch.stack(relation).mean()
+        return NCEResult(loss + hooks.lambda_src * src, per_layer, ids, src)
     return NCEResult(loss, per_layer, ids)
 
 

@@ -3,6 +3,7 @@
     cut       CUTModel       CUT and FastCUT: GAN + multilayer PatchNCE (cutlib/models/cut.py)
     cyclegan  CycleGANModel  the baseline of the paper's Table 1 (cutlib/models/cyclegan.py)
     sincut    SinCUTModel    CUT on one image per domain (cutlib/models/sincut.py)
+    dclgan    DCLGANModel    two generators, two embeddings, PatchNCE both ways (cutlib/models/dclgan.py)
 
 ``TrainConfig.model`` names the class; ``build_model(cfg)`` builds it with its networks.
 """
@@ -15,13 +16,15 @@ from torch import nn
 from cutlib.config import TrainConfig
 from cutlib.models.cut import CUTModel
 from cutlib.models.cyclegan import CycleGANModel
+from cutlib.models.dclgan import DCLGANModel
 from cutlib.models.sincut import SinCUTModel
 
-MODELS: dict[str, type[nn.Module]] = {"cut": CUTModel, "cyclegan": CycleGANModel, "sincut": SinCUTModel}
+MODELS: dict[str, type[nn.Module]] = {"cut": CUTModel, "cyclegan": CycleGANModel, "sincut": SinCUTModel,
+                                      "dclgan": DCLGANModel}
 
 
 def model_class(name: str) -> type[nn.Module]:
-    """The objective class called ``name``: cut (CUT and FastCUT), cyclegan, sincut."""
+    """The objective class called ``name``: cut (CUT, FastCUT and the PatchNCE follow-ups), cyclegan, sincut, dclgan."""
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; valid: {', '.join(MODELS)}")
     return MODELS[name]
@@ -32,4 +35,4 @@ def build_model(cfg: TrainConfig, device: torch.device | str = "cpu") -> nn.Modu
     return model_class(cfg.model)(cfg, device)
 
 
-__all__ = ["MODELS", "CUTModel", "CycleGANModel", "SinCUTModel", "build_model", "model_class"]
+__all__ = ["MODELS", "CUTModel", "CycleGANModel", "DCLGANModel", "SinCUTModel", "build_model", "model_class"]

@@ -9,6 +9,7 @@ checkpoints), ``optimizers`` (name -> optimizer), ``training_step(batch)``, ``tr
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import torch
 from torch import Tensor, nn
@@ -16,8 +17,18 @@ from torch import Tensor, nn
 from cutlib.config import TrainConfig
 from cutlib.device import autocast, compile_networks, resolve_precision, to_device
 from cutlib.losses import d_loss, g_loss
-from cutlib.nce import MomentumQueue, ProjectionHeads, multilayer_patch_nce
+from cutlib.followups import hdce_gamma
+from cutlib.nce import MomentumQueue, NCEHooks, ProjectionHeads, multilayer_patch_nce
 from cutlib.networks import build_discriminator, build_generator, build_optimizer
+
+
+def nce_hooks(cfg: TrainConfig, epoch: int = 0) -> NCEHooks | None:
+    """The follow-ups of PatchNCE that ``cfg`` turns on (None: CUT), hDCE's temperature at ``epoch``."""
+    if cfg.nce_weighting == "uniform" and cfg.nce_queries == "random" and cfg.lambda_src == 0:
+        return None
+    gamma = hdce_gamma(epoch, cfg.n_epochs + cfg.n_epochs_decay, cfg.hdce_gamma, cfg.hdce_gamma_min)
+    return NCEHooks(cfg.nce_weighting, gamma, cfg.ot_eps, cfg.ot_cost, cfg.ot_neg_weight, cfg.ot_iters,
+                    cfg.nce_queries, cfg.qs_from_layer, cfg.lambda_src)
 
 
 class CUTModel(nn.Module):
@@ -47,6 +58,11 @@ class CUTModel(nn.Module):
                            "H": build_optimizer(h_params, cfg)}
         # randomness of the objective (patch locations, flips) has its own generator: checkpointed
         self.rng = torch.Generator().manual_seed(cfg.seed)
+        self.hooks = nce_hooks(cfg)  # the follow-ups of PatchNCE (Hneg-SRC, MoNCE, QS-Attn); None for CUT
+
+    def set_epoch(self, epoch: int) -> None:
+        """Follow the epoch-dependent settings (hDCE's temperature curriculum) to the 1-based ``epoch``."""
+        self.hooks = nce_hooks(self.cfg, epoch)
 
     ddp_networks = ("G", "D", "H")  # wrapped in DistributedDataParallel under torchrun
 
@@ -72,8 +88,9 @@ class CUTModel(nn.Module):
     def translate(self, x: Tensor) -> Tensor:
         return self.G(x)
 
-    def nce_loss(self, src_taps: list[Tensor], fake: Tensor, flipped: bool) -> Tensor:
-        """PatchNCE between the input's taps (keys) and the taps of its translation (queries)."""
+    def nce_loss(self, src_taps: list[Tensor], fake: Tensor, flipped: bool, relation: bool = True) -> Tensor:
+        """PatchNCE between the input's taps (keys) and the taps of its translation (queries).
+        relation=False leaves out the SRC term (Hneg-SRC uses it on x -> G(x) only)."""
         encoder = self.G if self.cfg.share_encoder else self.G_q
         feats_q = encoder.encode(fake if self.cfg.nce_decoder_grad else fake.detach(), self.taps)
         if flipped:  # flip equivariance: bring the output's features back to the input's orientation
@@ -83,7 +100,9 @@ class CUTModel(nn.Module):
             self.H, feats_q, src_taps, self.cfg.num_patches, self.cfg.nce_t, self.cfg.lambda_nce,
             self.cfg.negatives, self.cfg.negatives_from_batch, external, generator=self.rng,
             query_heads=None if self.cfg.share_encoder else self.H_q,
+            hooks=self.hooks if relation or self.hooks is None else dataclasses.replace(self.hooks, lambda_src=0.0),
         )
+        self.src_term = None if result.relation is None else self.hooks.lambda_src * result.relation
         return result.loss
 
     def amp(self):
@@ -143,9 +162,14 @@ class CUTModel(nn.Module):
             keys = self.nce_keys(taps_real, x, y, flipped)
             loss_nce = loss_nce_x = self.nce_loss([k[:b] for k in keys], fake, flipped)
             losses.update(G_GAN=loss_gan.item(), NCE=loss_nce_x.item())
+            src_term = self.src_term if cfg.lambda_src > 0 else None  # Hneg-SRC: lambda_src * SRC, inside NCE
+            if src_term is not None:
+                losses["SRC"] = src_term.item()
             if cfg.nce_idt:
-                loss_nce_y = self.nce_loss([k[b:] for k in keys], idt, flipped)
+                loss_nce_y = self.nce_loss([k[b:] for k in keys], idt, flipped, relation=False)
                 loss_nce = 0.5 * (loss_nce_x + loss_nce_y)
+                if src_term is not None:  # the SRC term is not averaged with the identity term (Hneg-SRC)
+                    loss_nce = loss_nce + 0.5 * src_term
                 losses["NCE_Y"] = loss_nce_y.item()
             extra, extra_logs = self.generator_extra_loss(y, idt)
         loss_g = loss_gan + loss_nce + extra
