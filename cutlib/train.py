@@ -241,6 +241,8 @@ class Trainer:
         while not self.done() and self.epoch <= self.total_epochs:
             ds = self.dataset
             ds.set_epoch(self.epoch)
+            if hasattr(self.model, "set_epoch"):  # objectives with an epoch schedule (Hneg-SRC's temperature)
+                self.model.set_epoch(self.epoch)
             ds.jitter = not (cfg.decay_no_jitter and self.epoch > cfg.n_epochs)
             batches = epoch_batches(self.epoch_len, cfg.batch_size, cfg.seed, self.epoch)[self.batch_in_epoch :]
             if self.world_size > 1:  # each process takes its slice of every global batch (not a DistributedSampler:

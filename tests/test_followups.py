@@ -366,3 +366,22 @@ def test_dclgan_preset_takes_the_papers_defaults():
 
 def test_dclgan_trains_two_steps_from_the_command_line(tmp_path):
     test_preset_trains_two_steps_from_the_command_line("dclgan", tmp_path)
+
+
+def test_the_trainer_moves_hdce_temperature_along_its_curriculum(tmp_path):
+    """Hneg-SRC's weighting temperature falls from hdce_gamma to hdce_gamma_min over the epochs: the
+    trainer calls the model's set_epoch at the start of every epoch."""
+    from cutlib import config as C
+    from cutlib.data import make_dataset
+    from cutlib.train import Trainer
+
+    root = make_dataset("stripes", root=tmp_path / "data", size=40, n_train=2, n_test=2)
+    tiny = {k: v for k, v in C.TINY_SCALE.items() if k != "dataset"}
+    cfg = C.preset("hneg_src", dataset=str(root), **{**tiny, "n_epochs": 2, "n_epochs_decay": 2, "save_epoch_freq": 0})
+    trainer = Trainer(cfg, tmp_path / "run", progress=False)
+    seen = []
+    original = trainer.model.set_epoch
+    trainer.model.set_epoch = lambda epoch: (seen.append(epoch), original(epoch))[1]
+    trainer.run()
+    assert seen == [1, 2, 3, 4]
+    assert trainer.model.hooks.hdce_gamma < cfg.hdce_gamma  # moved towards hdce_gamma_min
