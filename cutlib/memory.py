@@ -36,8 +36,10 @@ def bytes_per_pixel(G: nn.Module) -> float:
 
     handles = [m.register_forward_hook(hook) for m in G.modules() if not list(m.children())]
     try:
-        with torch.no_grad():
-            x = torch.zeros(1, G.input_nc, PROBE, PROBE, device=next(G.parameters()).device)
+        device = next(G.parameters()).device
+        # the probe must not move the caller's random state (a generator with noise injection draws from it)
+        with torch.no_grad(), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            x = torch.zeros(1, G.input_nc, PROBE, PROBE, device=device)
             out = G(x)
     finally:
         for handle in handles:

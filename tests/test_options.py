@@ -9,6 +9,7 @@ import os
 import re
 import subprocess
 import sys
+import types
 import typing
 from dataclasses import dataclass
 
@@ -40,6 +41,8 @@ def _metavar(hint) -> str:
         return "{" + ",".join(typing.get_args(hint)) + "}"
     if typing.get_origin(hint) is tuple:
         return "NAMES"
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):  # int | Literal["auto"] -> INT|auto
+        return "|".join(_metavar(arg).strip("{}") for arg in typing.get_args(hint))
     return {bool: "[true|false]", int: "INT", float: "FLOAT", str: "STR"}[hint]
 
 

@@ -363,3 +363,14 @@ def test_pretrained_archive_downloads_with_the_real_downloader(tmp_path):
         server.shutdown()
     x = _image(37, 53)
     assert torch.equal(translate_image(load_generator(folder / "horse2zebra_cut_pretrained"), x), translate_image(G, x))
+
+
+def test_the_memory_probe_leaves_the_random_state_alone():
+    """A generator with noise injection draws from torch's RNG: estimating memory must not move it."""
+    from cutlib.memory import bytes_per_pixel
+
+    G = StyleGAN2Generator(ngf=2).eval()
+    torch.manual_seed(0)
+    before = torch.get_rng_state()
+    bytes_per_pixel(G)
+    assert torch.equal(torch.get_rng_state(), before)
