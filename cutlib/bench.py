@@ -116,7 +116,7 @@ def measure(preset: str, size: int = 256, steps: int = 5, warmup: int = 1, devic
                for _ in range(warmup + steps)]  # (B, C, size, size) in [-1, 1], made before the clock starts
     cuda = device.startswith("cuda")
     if not cuda:  # bring torch's code pages into memory first (~200 MB of RSS here), so that they are not counted
-        tiny = bench_config(preset, 32, device, **{**overrides, "ngf": 4, "ndf": 4, "batch_size": 1, "compile": False})
+        tiny = bench_config(preset, 32, device, **{**overrides, "ngf": 4, "ndf": 4, "batch_size": 1})
         x = torch.rand(1, cfg.input_nc, 32, 32, generator=g) * 2 - 1  # (1, C, 32, 32)
         build_model(tiny, device).training_step({"A": x, "B": x})
     exact_peak = _reset_peak_rss()  # else the peak so far (imports) is the baseline: the figure may undercount
@@ -169,22 +169,20 @@ def _measure_in_fresh_process(**kwargs) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def _variants(precisions, channels_last: bool, compiled: bool) -> list[dict]:
-    """The (precision, layout, compile) combinations to measure: every precision in NCHW eager mode,
-    then the same in NHWC (``channels_last``) and compiled (``compiled``) when asked."""
+def _variants(precisions, channels_last: bool) -> list[dict]:
+    """The (precision, layout) combinations to measure: every precision in NCHW, then in NHWC when asked."""
     if isinstance(precisions, str):
         precisions = [p.strip() for p in precisions.split(",") if p.strip()]
     bad = [p for p in precisions if p not in ("fp32", "bf16")]
     if not precisions or bad:
         raise ValueError(f"precisions must be fp32 and/or bf16 (comma-separated), got {precisions!r}")
-    layouts, modes = [False] + [True] * channels_last, [False] + [True] * compiled
-    return [dict(precision=p, channels_last=cl, compile=c) for c in modes for cl in layouts for p in precisions]
+    return [dict(precision=p, channels_last=cl) for cl in [False] + [True] * channels_last for p in precisions]
 
 
 def bench(presets=("cut", "fastcut", "cyclegan"), size: int = 256, steps: int = 5, device: str = "auto", warmup: int = 1,
           isolate: bool = True, seed: int = 0, progress: bool = False, precisions=("fp32",), channels_last: bool = False,
-          compiled: bool = False, **overrides) -> list[dict]:
-    """measure() each preset in each precision / layout / compile mode (each in a fresh process when isolate),
+          **overrides) -> list[dict]:
+    """measure() each preset in each precision and layout (each in a fresh process when isolate),
     then add the ratios to CycleGAN (same mode), the speed-up over the preset's fp32 eager NCHW row and the
     paper's figures. ``presets`` and ``precisions``: lists or comma-separated strings. One dict per row."""
     if isinstance(presets, str):
@@ -197,7 +195,7 @@ def bench(presets=("cut", "fastcut", "cyclegan"), size: int = 256, steps: int = 
     if not isinstance(size, int) or size < 32:
         raise ValueError(f"size must be an integer of at least 32 px (the PatchGAN needs it), got {size!r}")
     device = str(resolve_device(device))
-    modes = _variants(precisions, channels_last, compiled)
+    modes = _variants(precisions, channels_last)
     for name in presets:  # fail on a bad name or override before any subprocess starts
         bench_config(name, size, device, **overrides)
     rows = []
@@ -207,11 +205,11 @@ def bench(presets=("cut", "fastcut", "cyclegan"), size: int = 256, steps: int = 
                 print(f"bench: {name} {mode} ...", file=sys.stderr, flush=True)
             args = dict(preset=name, size=size, steps=steps, warmup=warmup, device=device, seed=seed, **overrides, **mode)
             rows.append({**(_measure_in_fresh_process(**args) if isolate else measure(**args)), **mode})
-    same_mode = lambda r, q: all(r[k] == q[k] for k in ("precision", "channels_last", "compile"))  # noqa: E731
+    same_mode = lambda r, q: all(r[k] == q[k] for k in ("precision", "channels_last"))  # noqa: E731
     for row in rows:
         base = next((r for r in rows if r["preset"] == BASELINE and same_mode(r, row)), None)
         eager = next((r for r in rows if r["preset"] == row["preset"] and r["precision"] == "fp32"
-                      and not r["channels_last"] and not r["compile"]), None)
+                      and not r["channels_last"]), None)
         row["speedup_vs_fp32"] = eager["median_s"] / row["median_s"] if eager else None
         row["cpu_speedup_vs_fp32"] = eager["cpu_median_s"] / row["cpu_median_s"] if eager else None
         row["memory_vs_fp32"] = row["memory_mb"] / eager["memory_mb"] if eager and eager["memory_mb"] > 0 else None
@@ -234,7 +232,7 @@ def format_table(rows: list[dict]) -> str:
     lines = [head, "-" * len(head)]
     for r in rows:
         spread = f"[{r['q25_s']:.3f}, {r['q75_s']:.3f}]"
-        mode = r.get("precision", "fp32") + (" nhwc" if r.get("channels_last") else "") + (" compiled" if r.get("compile") else "")
+        mode = r.get("precision", "fp32") + (" nhwc" if r.get("channels_last") else "")
         lines.append(
             f"{r['preset']:<9} {mode:<14} {r['median_s']:>7.3f} {spread:>16} {r['cpu_median_s']:>10.3f} {r['memory_mb']:>9.0f} "
             f"{fmt(r.get('cpu_speedup_vs_fp32'), '.2f'):>6} {fmt(r.get('memory_vs_fp32'), '.2f'):>8} "
@@ -243,7 +241,7 @@ def format_table(rows: list[dict]) -> str:
             f"{fmt(r['paper_memory_vs_cyclegan'], '.3f'):>12}"
         )
     if rows:
-        lines.append(f"medians over the timed steps; x fp32 = CPU-time speed-up over the preset's fp32 eager NCHW row; "
+        lines.append(f"medians over the timed steps; x fp32 = CPU-time speed-up over the preset's fp32 NCHW row; "
                      f"memory: {rows[0]['memory_kind']}; CG = CycleGAN in the same mode; paper: Table 1, GTX 1080Ti, 256 px, batch 1")
     return "\n".join(lines)
 
@@ -268,8 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
     # crop/load size stay accepted (not listed) so that bench_config can point to --size
     p.add_argument("--precision", default="fp32", help="comma-separated precisions to measure: fp32, bf16 (default fp32)")
     p.add_argument("--channels-last", action="store_true", help="also measure each precision in NHWC layout")
-    p.add_argument("--compile", action="store_true", help="also measure each mode with torch.compile (compiles first)")
-    add_config_options(p, exclude=("device", "seed", "precision", "channels_last", "compile"),
+    add_config_options(p, exclude=("device", "seed", "precision", "channels_last"),
                        hide=sorted(set(FIXED) - {"device"}))
     return p
 
@@ -280,7 +277,7 @@ def cli(argv: list[str]) -> int:
     try:
         rows = bench(args.presets, args.size, args.steps, args.device, args.warmup, isolate=not args.in_process,
                      seed=args.seed, progress=True, precisions=args.precision, channels_last=args.channels_last,
-                     compiled=args.compile, **overrides)
+                     **overrides)
     except (ValueError, TypeError, RuntimeError) as err:
         print(f"cutlib bench: {err}", file=sys.stderr)
         return 1
@@ -293,7 +290,7 @@ def cli(argv: list[str]) -> int:
     if args.json:
         out = {"command": " ".join(["python -m cutlib bench", *argv]), "machine": machine,
                "settings": {"size": args.size, "steps": args.steps, "warmup": args.warmup, "seed": args.seed,
-                            "precisions": args.precision, "channels_last": args.channels_last, "compile": args.compile,
+                            "precisions": args.precision, "channels_last": args.channels_last,
                             "isolated": not args.in_process, "overrides": overrides},
                "results": rows}
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)

@@ -69,12 +69,6 @@ def autocast(precision: str, device: torch.device | str):
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
-def compile_networks(*nets: torch.nn.Module) -> None:
-    """torch.compile each network in place (Module.compile: its state dict keeps its keys)."""
-    for net in nets:
-        net.compile()
-
-
 def to_device(x: torch.Tensor, device: torch.device, channels_last: bool = False) -> torch.Tensor:
     """An image batch on ``device`` (non-blocking from pinned memory), NHWC when ``channels_last``."""
     x = x.to(device, non_blocking=True)

@@ -22,10 +22,9 @@ import difflib
 import inspect
 import io
 import re
-import types
-import typing
 import textwrap
 import tokenize
+import types
 import typing
 from dataclasses import dataclass
 from typing import Literal, get_args, get_origin

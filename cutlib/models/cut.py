@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from cutlib.config import TrainConfig
-from cutlib.device import autocast, compile_networks, resolve_precision, to_device
+from cutlib.device import autocast, resolve_precision, to_device
 from cutlib.losses import d_loss, g_loss
 from cutlib.followups import hdce_gamma
 from cutlib.nce import MomentumQueue, NCEHooks, ProjectionHeads, multilayer_patch_nce
@@ -47,8 +47,6 @@ class CUTModel(nn.Module):
         self.queue = MomentumQueue(self.G, self.H, cfg.queue_size, cfg.queue_momentum) if cfg.negatives != "internal" else None
         self.to(device, memory_format=torch.channels_last if cfg.channels_last else torch.contiguous_format)
         self.precision = resolve_precision(cfg.precision, device)  # "fp32" or "bf16": the forward passes' dtype
-        if cfg.compile:
-            compile_networks(self.G, self.D, self.H)
         g_params = list(self.G.parameters())
         h_params = list(self.H.parameters())
         if not cfg.share_encoder:

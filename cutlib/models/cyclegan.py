@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from torch.nn.functional import l1_loss
 
 from cutlib.config import TrainConfig
-from cutlib.device import autocast, compile_networks, resolve_precision, to_device
+from cutlib.device import autocast, resolve_precision, to_device
 from cutlib.losses import d_loss, full_precision, g_loss
 from cutlib.networks import build_discriminator, build_generator, build_optimizer
 
@@ -103,8 +103,6 @@ class CycleGANModel(nn.Module):
         self.pool_X = ImagePool(cfg.pool_size, cfg.input_nc, cfg.crop_size, cfg.crop_size)  # history of F(y) for D_X
         self.to(device, memory_format=torch.channels_last if cfg.channels_last else torch.contiguous_format)
         self.precision = resolve_precision(cfg.precision, device)  # "fp32" or "bf16": the forward passes' dtype
-        if cfg.compile:
-            compile_networks(self.G, self.F, self.D_X, self.D_Y)
         # one optimiser for both generators and one for both discriminators, as the original code
         self.optimizers = {
             "G": build_optimizer([*self.G.parameters(), *self.F.parameters()], cfg),

@@ -29,9 +29,9 @@ class DCLGANModel(CUTModel):
     """Dual contrastive learning: two CUTs sharing their embeddings crosswise (module docstring)."""
 
     def __init__(self, cfg: TrainConfig, device: torch.device | str = "cpu"):
-        if cfg.negatives != "internal" or not cfg.share_encoder or cfg.flip_equivariance or cfg.nce_idt or cfg.compile:
+        if cfg.negatives != "internal" or not cfg.share_encoder or cfg.flip_equivariance or cfg.nce_idt:
             raise ValueError("DCLGANModel supports negatives='internal', share_encoder=True, flip_equivariance=False, "
-                             "compile=False and nce_idt=False only (its identity term is the L1 one, lambda_idt_l1)")
+                             "and nce_idt=False only (its identity term is the L1 one, lambda_idt_l1)")
         nn.Module.__init__(self)
         self.cfg = cfg
         self.taps = tuple(cfg.nce_layers)
