@@ -3,6 +3,7 @@
     cut       CUTModel       CUT and FastCUT: GAN + multilayer PatchNCE (cutlib/models/cut.py)
     cyclegan  CycleGANModel  the baseline of the paper's Table 1 (cutlib/models/cyclegan.py)
     sincut    SinCUTModel    CUT on one image per domain (cutlib/models/sincut.py)
+    swapae    SwappingAutoencoderModel  structure and texture codes, swapped (cutlib/models/swapae.py)
 
 ``TrainConfig.model`` names the class; ``build_model(cfg)`` builds it with its networks.
 """
@@ -16,12 +17,14 @@ from cutlib.config import TrainConfig
 from cutlib.models.cut import CUTModel
 from cutlib.models.cyclegan import CycleGANModel
 from cutlib.models.sincut import SinCUTModel
+from cutlib.models.swapae import SwappingAutoencoderModel
 
-MODELS: dict[str, type[nn.Module]] = {"cut": CUTModel, "cyclegan": CycleGANModel, "sincut": SinCUTModel}
+MODELS: dict[str, type[nn.Module]] = {"cut": CUTModel, "cyclegan": CycleGANModel, "sincut": SinCUTModel,
+                                      "swapae": SwappingAutoencoderModel}
 
 
 def model_class(name: str) -> type[nn.Module]:
-    """The objective class called ``name``: cut (CUT and FastCUT), cyclegan, sincut."""
+    """The objective class called ``name``: cut (CUT and FastCUT), cyclegan, sincut, swapae."""
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; valid: {', '.join(MODELS)}")
     return MODELS[name]
@@ -32,4 +35,4 @@ def build_model(cfg: TrainConfig, device: torch.device | str = "cpu") -> nn.Modu
     return model_class(cfg.model)(cfg, device)
 
 
-__all__ = ["MODELS", "CUTModel", "CycleGANModel", "SinCUTModel", "build_model", "model_class"]
+__all__ = ["MODELS", "CUTModel", "CycleGANModel", "SinCUTModel", "SwappingAutoencoderModel", "build_model", "model_class"]
