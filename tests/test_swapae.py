@@ -215,3 +215,112 @@ def test_command_line_trains_two_steps_and_the_run_loads(tmp_path):
     cfg, model = load_run(out)
     assert cfg.model == "swapae" and isinstance(model, SwappingAutoencoderModel) and int(model.counter.d_steps) == 2
     assert (out / "samples" / "latest.png").is_file() and (out / CHECKPOINT).is_file()
+
+
+# --- ground-truth hybrids and the swap evaluator ------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def stripes32(tmp_path_factory):
+    from cutlib.data.synthetic import make_dataset
+
+    return make_dataset("stripes", root=tmp_path_factory.mktemp("data"), size=32, n_train=6, n_test=3)
+
+
+def _png(path):
+    import numpy as np
+    from PIL import Image
+
+    return np.asarray(Image.open(path))
+
+
+def test_scenes_drawn_again_render_the_dataset_images_and_targets(stripes32):
+    import numpy as np
+
+    from cutlib.data.stripes import render, scene_of
+
+    for split in ("trainA", "testB"):
+        image, mask = render(scene_of(split, 1, 32))
+        assert np.array_equal(image, _png(stripes32 / split / "00001.png"))
+        assert np.array_equal(mask, _png(stripes32 / f"{split}_labels" / "00001.png"))
+    target, _ = render(scene_of("testA", 2, 32), coat="B")  # A's scene striped: the dataset's true translation
+    assert np.array_equal(target, _png(stripes32 / "testA_target" / "00002.png"))
+
+
+def test_a_hybrid_has_the_structure_sources_animal_and_background_and_the_texture_sources_coat(stripes32):
+    import numpy as np
+    import scipy.ndimage
+
+    from cutlib.data.stripes import render, scene_of
+
+    a, b = scene_of("testA", 0, 32), scene_of("testB", 0, 32)
+    zebra, mask = render(a, b)  # A's horse in B's stripes
+    image_a, mask_a = render(a)
+    assert np.array_equal(mask, mask_a)
+    outside = ~scipy.ndimage.binary_dilation(mask_a == 1)  # the 1 px anti-aliased edge mixes coat and ground
+    assert np.abs(zebra[outside].astype(int) - image_a[outside]).max() <= 1  # the background is A's
+    fur = zebra[mask_a == 1].astype(float)
+    assert fur.std() > 40 and (fur.max(axis=1) - fur.min(axis=1)).mean() < 10  # black and white bands, grey
+    horse, _ = render(b, a)  # B's zebra in A's smooth coat: A's colour, no bands
+    coat = horse[_png(stripes32 / "testB_labels" / "00000.png") == 1].astype(float)
+    assert np.abs(coat.mean(axis=0) - a.coat_base).max() < 60 and coat.std(axis=0).max() < 40
+    with pytest.raises(ValueError, match="coat must be"):
+        render(a, coat="C")
+    with pytest.raises(ValueError, match="split must be"):
+        scene_of("valA", 0, 32)
+
+
+def test_hybrids_at_the_evaluators_size_and_clear_errors(stripes32, tmp_path):
+    from cutlib.swaps import hybrids
+
+    images_, masks = hybrids(stripes32, [("testA", 0), ("testB", 1)], [("testB", 0), ("testA", 2)], size=16)
+    assert images_.shape == (2, 3, 16, 16) and masks.shape == (2, 16, 16)
+    assert 0 <= images_.min() and images_.max() <= 1 and set(masks.unique().tolist()) <= {0, 1}
+    with pytest.raises(ValueError, match="pair up"):
+        hybrids(stripes32, [("testA", 0)], [])
+    with pytest.raises(ValueError, match="not the built-in stripes"):
+        hybrids(tmp_path, [("testA", 0)], [("testB", 0)])
+
+
+@pytest.fixture(scope="module")
+def evaluator32(stripes32):
+    from cutlib.benchmarks import train_evaluator
+
+    return train_evaluator(stripes32, size=32, steps=3, batch_size=8)  # barely trained: the scores are checked by hand
+
+
+def test_swap_scores_equal_the_hand_computation(stripes32, evaluator32):
+    from cutlib.swaps import reconstruction_scores, swap_data, swap_scores
+
+    data = swap_data(stripes32, n=3, size=32)
+    assert torch.equal(data["AB_masks"], data["A_labels"]) and torch.equal(data["BA_masks"], data["B_labels"])
+    outputs, striped = data["AB"].flip(3), torch.tensor([True, False, True])
+    got = swap_scores(evaluator32, outputs, data["A_labels"], striped, data["AB"])
+    probs = evaluator32.probabilities(outputs)
+    ious, tex = [], []
+    for k in range(3):
+        found, truth = probs[k].argmax(0) > 0, data["A_labels"][k] > 0
+        ious.append(((found & truth).sum() / (found | truth).sum()).item())
+        cls = 2 if striped[k] else 1
+        tex.append((probs[k, cls][truth].sum() / truth.sum()).item())
+    assert got == pytest.approx({"structure_iou": sum(ious) / 3, "texture_score": sum(tex) / 3,
+                                 "hybrid_l1": (outputs - data["AB"]).abs().mean().item()}, rel=1e-5)
+    assert swap_scores(evaluator32, data["AB"], data["A_labels"], striped, data["AB"])["hybrid_l1"] == 0
+    x = data["A"]
+    rec = reconstruction_scores((x + 0.1).clamp(0, 1), x)
+    mse = ((x + 0.1).clamp(0, 1) - x).pow(2).flatten(1).mean(1)
+    assert rec == pytest.approx({"rec_l1": ((x + 0.1).clamp(0, 1) - x).abs().mean().item(),
+                                 "rec_psnr": (10 * torch.log10(1 / mse)).mean().item()}, rel=1e-5)
+    with pytest.raises(ValueError, match="one length"):
+        swap_scores(evaluator32, outputs, data["A_labels"][:2], striped)
+
+
+def test_evaluate_swaps_scores_a_model_both_ways(stripes32, evaluator32):
+    from cutlib.swaps import evaluate_swaps, swap_data
+
+    data = swap_data(stripes32, n=2, size=32)
+    result = evaluate_swaps(tiny_model().eval(), data, evaluator32)
+    assert set(result) == {"AB", "BA", "reconstruction", "outputs"}
+    assert set(result["AB"]) == {"structure_iou", "texture_score", "hybrid_l1"} and set(result["reconstruction"]) == {"rec_l1", "rec_psnr"}
+    assert all(0 <= result[k][m] <= 1 for k in ("AB", "BA") for m in result[k])
+    assert result["outputs"]["AB"].shape == (2, 3, 32, 32)
