@@ -29,7 +29,7 @@ class TrainConfig:
     """
 
     # --- what is trained
-    model: Literal["cut", "cyclegan", "sincut", "dclgan"] = "cut"  # objective class in cutlib.models
+    model: Literal["cut", "cyclegan", "sincut", "dclgan", "swapae"] = "cut"  # objective class in cutlib.models
     dataset: str = "stripes"  # built-in name, catalog name (downloaded) or a folder path
     # --- networks (reference page sections 3, 4)
     netG: Literal["resnet", "stylegan2"] = "resnet"  # generator: CycleGAN's ResNet (CUT) or StyleGAN2's (SinCUT)
@@ -75,6 +75,17 @@ class TrainConfig:
     lambda_cycle: float = 10.0  # weight of the cycle-consistency L1 loss
     lambda_identity: float = 0.5  # identity loss weight, as a fraction of lambda_cycle
     pool_size: int = 50  # generated images kept for the discriminators (0: no pool)
+    # --- Swapping Autoencoder (model swapae)
+    structure_nc: int = 8  # channels of the structure code (a map at 1/4 of the image size)
+    texture_nc: int = 2048  # length of the texture code (a vector)
+    lambda_rec: float = 1.0  # weight of the L1 reconstruction loss
+    lambda_cooc: float = 1.0  # weight of the co-occurrence patch GAN loss
+    lambda_r1_cooc: float = 1.0  # R1 weight of the co-occurrence discriminator (lambda_r1: the image discriminator's)
+    r1_every: int = 16  # lazy R1: the penalties every this many steps, times this many (Swapping Autoencoder only)
+    cooc_crops: int = 8  # random crops per image for the co-occurrence discriminator
+    cooc_min_scale: float = 0.125  # smallest crop side, as a fraction of the image side
+    cooc_max_scale: float = 0.25  # largest crop side, as a fraction of the image side
+    cooc_size: int = 0  # crops are resized to this many pixels (0: a quarter of crop_size, as the thesis)
     # --- optimisation
     lr: float = 2e-4  # the paper's appendix says 0.002; the authors ran 2e-4 (paper vs code)
     beta1: float = 0.5  # Adam beta1
@@ -177,8 +188,24 @@ def DCLGAN(**overrides) -> TrainConfig:
     return override(base, **overrides)
 
 
+def SwappingAutoencoder(**overrides) -> TrainConfig:
+    """The Swapping Autoencoder (Park et al. 2020; thesis ch. 4; cutlib/models/swapae.py): an encoder to a
+    structure code (8 channels) and a texture code (2048), a StyleGAN2-like generator, the StyleGAN2
+    image discriminator and the co-occurrence patch discriminator; non-saturating GAN, lazy R1 (10 on
+    D, 1 on the patch D, every 16 steps), Adam 0.002 (0, 0.99), 8 crops of 1/8-1/4 of the image side.
+    Both domains' images are training images; a batch holds batch_size of each."""
+    base = TrainConfig(
+        model="swapae", netD="stylegan2", gan_mode="nonsaturating", lambda_gan=1.0, lambda_r1=10.0,
+        lambda_r1_cooc=1.0, r1_every=16, lambda_rec=1.0, lambda_cooc=1.0, structure_nc=8, texture_nc=2048,
+        lr=0.002, beta1=0.0, beta2=0.99, batch_size=8, load_size=256, crop_size=256, flip=True,
+        n_epochs=100, n_epochs_decay=0, decay_no_jitter=False,  # constant learning rate, as the authors' code
+    )
+    return override(base, **overrides)
+
+
 PRESETS = {"cut": CUT, "fastcut": FastCUT, "cyclegan": CycleGAN, "sincut": SinCUT,
-           "hnegsrc": HnegSRC, "monce": MoNCE, "qsattn": QSAttn, "dclgan": DCLGAN}
+           "hneg_src": HnegSRC, "monce": MoNCE, "qsattn": QSAttn, "dclgan": DCLGAN,
+           "swapping_autoencoder": SwappingAutoencoder}
 
 
 # The course's laptop scale: 64 px crops of the built-in data, narrow networks, six residual blocks.
@@ -204,10 +231,11 @@ def tiny_scale(name: str = "cut", **overrides) -> TrainConfig:
 
 def preset(name: str, **overrides) -> TrainConfig:
     """The preset called ``name`` (case-insensitive) with overrides applied."""
-    key = name.lower().replace("-", "").replace("_", "")
-    if key not in PRESETS:
+    squash = lambda n: n.lower().replace("-", "").replace("_", "")  # noqa: E731  (swapping-autoencoder == swapping_autoencoder)
+    names = {squash(k): k for k in PRESETS}
+    if squash(name) not in names:
         raise ValueError(f"unknown preset {name!r}; valid presets: {', '.join(sorted(PRESETS))}")
-    return PRESETS[key](**overrides)
+    return PRESETS[names[squash(name)]](**overrides)
 
 
 # ------------------------------------------------------------------ overrides
@@ -297,7 +325,8 @@ def validate(cfg: TrainConfig) -> None:
         problems.append(f"crop_size ({cfg.crop_size}) must not exceed load_size ({cfg.load_size})")
     if cfg.crop_size % 4:
         problems.append(f"crop_size ({cfg.crop_size}) must be a multiple of 4 (two down/up-sampling stages)")
-    for name in ("batch_size", "num_patches", "ngf", "ndf", "netF_nc", "queue_size"):
+    for name in ("batch_size", "num_patches", "ngf", "ndf", "netF_nc", "queue_size", "structure_nc", "texture_nc",
+                 "r1_every", "cooc_crops"):
         if getattr(cfg, name) < 1:
             problems.append(f"{name} must be at least 1, got {getattr(cfg, name)}")
     for name in ("n_epochs", "n_epochs_decay", "max_steps", "log_every", "sample_every", "save_every", "num_workers",
@@ -308,6 +337,10 @@ def validate(cfg: TrainConfig) -> None:
         problems.append("n_epochs + n_epochs_decay must be at least 1")
     if cfg.lr <= 0 or cfg.nce_t <= 0:
         problems.append("lr and nce_t must be positive")
+    if not 0 < cfg.cooc_min_scale <= cfg.cooc_max_scale <= 1:
+        problems.append(f"need 0 < cooc_min_scale <= cooc_max_scale <= 1, got {cfg.cooc_min_scale} and {cfg.cooc_max_scale}")
+    if cfg.cooc_size < 0 or 0 < cfg.cooc_size < 8:
+        problems.append(f"cooc_size must be 0 (a quarter of crop_size) or at least 8 pixels, got {cfg.cooc_size}")
     if not cfg.nce_layers:
         problems.append("nce_layers must name at least one encoder tap")
     problems += _followup_problems(cfg)

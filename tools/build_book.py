@@ -29,7 +29,8 @@ BOOK = REPO / "book"
 STAGE = BOOK / "_build" / "src"
 # the public modules of cutlib documented on the reference page (those that exist are listed)
 API_MODULES = ["nce", "networks", "stylegan2", "losses", "config", "models", "models.cut", "models.cyclegan", "models.sincut",
-               "train", "runs", "distributed", "images", "files", "device", "benchmarks", "inception", "pretrained",
+               "models.dclgan", "models.swapae", "train", "runs", "distributed", "images", "files", "device", "benchmarks", "swaps",
+               "inception", "pretrained", "followups", "runner", "memory", "segmentation",
                "data", "metrics", "evaluate", "translate", "viz", "results"]
 
 

@@ -1,7 +1,8 @@
 """The built-in ``stripes`` dataset, the horse->zebra analogue: smooth-coated animals (A) and
 striped animals (B) about twice as large, mirroring the paper's distribution mismatch (Fig. 15: 18%
 vs 37% of the pixels). Ground truth: animal masks, and for every test scene of A the same scene
-with a striped coat (``testA_target``).
+with a striped coat (``testA_target``). Any image's scene can be drawn again (``scene_of``) and
+rendered with another image's coat (``render``): the ground-truth hybrids that score swaps (cutlib.swaps).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cutlib.data.drawing import clip_uint8, fractal, pixel_grid, segment_distance, smooth_noise, write_splits
+from cutlib.data.drawing import SPLITS, clip_uint8, fractal, pixel_grid, segment_distance, smooth_noise, write_splits
 
 
 @dataclass
@@ -96,11 +97,16 @@ def _background(rng: np.random.Generator, u: np.ndarray, v: np.ndarray, size: in
     return img + rng.normal(0, 3, img.shape)
 
 
-def _coat(rng: np.random.Generator, by: np.ndarray, size: int) -> np.ndarray:
-    """Smooth coat (domain A): one colour (brown, bay, chestnut, grey, white) shaded top to belly."""
+def _coat_draws(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """The random part of a smooth coat (domain A): its colour (brown, bay, chestnut, grey, white) and a
+    mottling field (S, S) in [0, 1]."""
     base = rng.choice([[120, 78, 45], [85, 55, 35], [150, 95, 55], [135, 132, 128], [222, 216, 205]])
-    base = base + rng.normal(0, 8, 3)
-    shade = 1.1 - 0.5 * np.clip(by + 0.2, 0, 0.8) + 0.08 * (smooth_noise(rng, size, 5) - 0.5)
+    return base + rng.normal(0, 8, 3), smooth_noise(rng, size, 5)
+
+
+def _coat(base: np.ndarray, mottle: np.ndarray, by: np.ndarray) -> np.ndarray:
+    """Smooth coat: one colour shaded from the back to the belly (body coordinate ``by``), mildly mottled."""
+    shade = 1.1 - 0.5 * np.clip(by + 0.2, 0, 0.8) + 0.08 * (mottle - 0.5)
     return base * shade[..., None]
 
 
@@ -115,25 +121,71 @@ def _zebra(phase: np.ndarray, by: np.ndarray) -> np.ndarray:
 SCALE_A, SCALE_B = (0.39, 0.66), (0.66, 1.02)
 
 
-def _stripes_scene(rng: np.random.Generator, size: int, domain: str):
-    """One scene: (image A or B, labels) and, for domain A, the same scene striped (its target)."""
+@dataclass
+class Scene:
+    """Everything drawn at random for one image: the structure (animal shape and pose, background with
+    its shadow) and the texture (coat kind, colour, mottling, stripe phase). ``render`` makes the image."""
+
+    size: int
+    domain: str  # "A": smooth coat, "B": striped coat
+    animal: Animal
+    background: np.ndarray  # (S, S, 3) floats, shadow included
+    phase_shift: float  # of the stripes
+    coat_base: np.ndarray  # (3,) the smooth coat's colour
+    coat_mottle: np.ndarray  # (S, S) its mottling
+
+
+def draw_scene(rng: np.random.Generator, size: int, domain: str) -> Scene:
+    """Draw one scene of ``domain`` ("A" or "B"); the draws are always made in the same order."""
+    if domain not in ("A", "B"):
+        raise ValueError(f"domain must be 'A' (smooth coats) or 'B' (striped coats), got {domain!r}")
     u, v = pixel_grid(size)
     animal = _sample_animal(rng, SCALE_A if domain == "A" else SCALE_B)
     background = _background(rng, u, v, size)
-    cover, by, phase = _render_animal(animal, u, v, size)
     # a soft shadow on the ground under the animal
     feet_v = animal.cy + 0.55 * animal.scale
     shadow = np.clip(1 - ((u - animal.cx) / (0.45 * animal.scale)) ** 2 - ((v - feet_v) / (0.06 * animal.scale)) ** 2, 0, 1)
     background = background * (1 - 0.35 * shadow)[..., None]
-    phase = phase + rng.uniform(0, 2 * np.pi)
-    coat = _coat(rng, by, size)
-    labels = (cover >= 0.5).astype(np.uint8)
-    c = cover[..., None]
-    striped = clip_uint8(background * (1 - c) + _zebra(phase, by) * c)
-    if domain == "B":
-        return striped, labels, None
-    return clip_uint8(background * (1 - c) + coat * c), labels, striped
+    phase_shift = float(rng.uniform(0, 2 * np.pi))
+    base, mottle = _coat_draws(rng, size)
+    return Scene(size, domain, animal, background, phase_shift, base, mottle)
 
+
+def render(structure: Scene, texture: Scene | None = None, coat: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(image (S, S, 3) uint8, animal mask (S, S) uint8) of ``structure``'s animal, pose and background
+    wearing ``texture``'s coat (default: its own): the ground-truth hybrid of the two scenes. The coat
+    follows the structure animal's body (stripes across it, shading from back to belly); a smooth coat
+    keeps the texture scene's colour and mottling, a striped one its stripe phase. ``coat`` ("A" or
+    "B") overrides the texture scene's coat kind."""
+    texture = structure if texture is None else texture
+    if texture.size != structure.size:
+        raise ValueError(f"the scenes have different sizes ({structure.size} and {texture.size} px): draw both at one size")
+    kind = texture.domain if coat is None else coat
+    if kind not in ("A", "B"):
+        raise ValueError(f"coat must be 'A' (smooth) or 'B' (striped), got {coat!r}")
+    u, v = pixel_grid(structure.size)
+    cover, by, phase = _render_animal(structure.animal, u, v, structure.size)
+    if kind == "B":
+        fur = _zebra(phase + texture.phase_shift, by)
+    else:
+        fur = _coat(texture.coat_base, texture.coat_mottle, by)
+    c = cover[..., None]
+    return clip_uint8(structure.background * (1 - c) + fur * c), (cover >= 0.5).astype(np.uint8)
+
+
+def _stripes_scene(rng: np.random.Generator, size: int, domain: str):
+    """One scene: (image A or B, labels) and, for domain A, the same scene striped (its target)."""
+    scene = draw_scene(rng, size, domain)
+    image, labels = render(scene)
+    return image, labels, (render(scene, coat="B")[0] if domain == "A" else None)
+
+
+def scene_of(split: str, index: int, size: int, seed: int = 0) -> Scene:
+    """The scene behind image ``index`` of ``split`` (trainA, trainB, testA, testB) of the stripes
+    dataset of this ``size`` and ``seed`` (each image draws from its own generator; see write_splits)."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {list(SPLITS)}, got {split!r}")
+    return draw_scene(np.random.default_rng([seed, SPLITS[split], index]), size, split[-1])
 
 
 def write(out: Path, size: int, n_train: int, n_test: int, seed: int) -> dict:

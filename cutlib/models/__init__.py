@@ -4,6 +4,7 @@
     cyclegan  CycleGANModel  the baseline of the paper's Table 1 (cutlib/models/cyclegan.py)
     sincut    SinCUTModel    CUT on one image per domain (cutlib/models/sincut.py)
     dclgan    DCLGANModel    two generators, two embeddings, PatchNCE both ways (cutlib/models/dclgan.py)
+    swapae    SwappingAutoencoderModel  structure and texture codes, swapped (cutlib/models/swapae.py)
 
 ``TrainConfig.model`` names the class; ``build_model(cfg)`` builds it with its networks.
 """
@@ -18,13 +19,15 @@ from cutlib.models.cut import CUTModel
 from cutlib.models.cyclegan import CycleGANModel
 from cutlib.models.dclgan import DCLGANModel
 from cutlib.models.sincut import SinCUTModel
+from cutlib.models.swapae import SwappingAutoencoderModel
 
 MODELS: dict[str, type[nn.Module]] = {"cut": CUTModel, "cyclegan": CycleGANModel, "sincut": SinCUTModel,
-                                      "dclgan": DCLGANModel}
+                                      "dclgan": DCLGANModel, "swapae": SwappingAutoencoderModel}
 
 
 def model_class(name: str) -> type[nn.Module]:
-    """The objective class called ``name``: cut (CUT, FastCUT and the PatchNCE follow-ups), cyclegan, sincut, dclgan."""
+    """The objective class called ``name``: cut (CUT, FastCUT and the PatchNCE follow-ups), cyclegan, sincut, dclgan,
+    swapae."""
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; valid: {', '.join(MODELS)}")
     return MODELS[name]
@@ -36,3 +39,4 @@ def build_model(cfg: TrainConfig, device: torch.device | str = "cpu") -> nn.Modu
 
 
 __all__ = ["MODELS", "CUTModel", "CycleGANModel", "DCLGANModel", "SinCUTModel", "build_model", "model_class"]
+__all__ = ["MODELS", "CUTModel", "CycleGANModel", "SinCUTModel", "SwappingAutoencoderModel", "build_model", "model_class"]
