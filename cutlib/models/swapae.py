@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cutlib.config import TrainConfig
-from cutlib.device import compile_networks, to_device
+from cutlib.device import to_device
 from cutlib.losses import full_precision
 from cutlib.networks import build_optimizer
 from cutlib.stylegan2 import BiasLeakyReLU, ConvLayer, EqualConv2d, EqualLinear, ResBlock, StyleGAN2Discriminator
@@ -262,8 +262,6 @@ class SwappingAutoencoderModel(nn.Module):
         self.D_patch = CooccurrenceDiscriminator(self.cooc_size, cfg.ndf, cfg.output_nc)
         self.to(device, memory_format=torch.channels_last if cfg.channels_last else torch.contiguous_format)
         self.precision = "fp32"  # grouped modulated convs: no bf16 path here
-        if cfg.compile:
-            compile_networks(self.E, self.G, self.D, self.D_patch)
         self.optimizers = {"G": build_optimizer([*self.E.parameters(), *self.G.parameters()], cfg),
                            "D": build_optimizer([*self.D.parameters(), *self.D_patch.parameters()], cfg)}
         self.rng = torch.Generator().manual_seed(cfg.seed)  # crop windows and flips: checkpointed by the trainer
