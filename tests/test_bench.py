@@ -17,10 +17,12 @@ from cutlib.networks import PatchGANDiscriminator, ResnetGenerator
 TINY = {k: C.TINY_SCALE[k] for k in ("ngf", "ndf", "n_blocks", "num_patches", "netF_nc")}  # bench sets the sizes
 
 
-def _check_row(row, steps):
+def _check_row(row, steps, fresh_process=True):
     assert len(row["times_s"]) == len(row["cpu_times_s"]) == steps
     for key in ("median_s", "q25_s", "q75_s", "min_s", "max_s", "cpu_median_s", "memory_mb", "params_m"):
-        assert math.isfinite(row[key]) and row[key] > 0, f"{row['preset']}: {key} = {row[key]}"
+        assert math.isfinite(row[key]) and row[key] >= 0, f"{row['preset']}: {key} = {row[key]}"
+        # in the test process, memory freed by earlier tests is reused: its RSS increase may be 0
+        assert row[key] > 0 or (key == "memory_mb" and not fresh_process), f"{row['preset']}: {key} = {row[key]}"
     assert row["min_s"] <= row["q25_s"] <= row["median_s"] <= row["q75_s"] <= row["max_s"]
     assert row["median_s"] == pytest.approx(sorted(row["times_s"])[steps // 2] if steps % 2 else
                                             sum(sorted(row["times_s"])[steps // 2 - 1 : steps // 2 + 1]) / 2)
@@ -61,7 +63,7 @@ def test_command_line_prints_a_table_and_writes_json(tmp_path):
 def test_bench_function_without_cyclegan_has_no_ratios():
     rows = bench("fastcut", size=32, steps=3, warmup=0, device="cpu", isolate=False, **TINY)
     assert len(rows) == 1 and rows[0]["preset"] == "fastcut"
-    _check_row(rows[0], 3)
+    _check_row(rows[0], 3, fresh_process=False)
     assert rows[0]["time_vs_cyclegan"] is None and rows[0]["memory_vs_cyclegan"] is None
     assert rows[0]["paper_s"] == PAPER["fastcut"][0]
     table = format_table(rows)

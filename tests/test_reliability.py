@@ -273,7 +273,9 @@ def test_resume_refuses_another_preset_and_says_when_the_run_is_finished(stripes
 def test_preset_signature_tells_the_presets_apart():
     from cutlib.runs import check_preset, preset_signature
 
-    assert preset_signature("cut") == {"model": "cut", "lambda_nce": 1.0, "nce_idt": True, "flip_equivariance": False}
+    cut = preset_signature("cut")
+    assert {"model": "cut", "lambda_nce": 1.0, "nce_idt": True, "flip_equivariance": False}.items() <= cut.items()
+    assert preset_signature("fastcut")["flip_equivariance"] is True  # the field that tells FastCUT apart
     assert preset_signature("cyclegan") == {"model": "cyclegan"}
     check_preset(C.tiny_scale("fastcut"), "fastcut", "RUN")  # scale settings do not matter
     with pytest.raises(ValueError, match="not a cut run"):
@@ -334,11 +336,14 @@ def test_sigkill_at_random_moments_then_resume_ends_bit_for_bit_like_an_uninterr
         logged = len((out / METRICS_FILE).read_text().splitlines()) if (out / METRICS_FILE).exists() else 0
         proc = subprocess.Popen(command, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.time() + 120
-        while proc.poll() is None and time.time() < deadline:  # wait until it trains, then kill at a random moment
-            if (out / METRICS_FILE).exists() and len((out / METRICS_FILE).read_text().splitlines()) > logged:
+        # wait until it has logged a random number of further steps (one row per step), then kill a moment later:
+        # a kill by step count lands mid-training however fast the machine is
+        target = min(7, logged + rng.randint(1, 3))
+        while proc.poll() is None and time.time() < deadline:
+            if (out / METRICS_FILE).exists() and len((out / METRICS_FILE).read_text().splitlines()) >= target:
                 break
-            time.sleep(0.05)
-        time.sleep(rng.uniform(0, 0.6))
+            time.sleep(0.01)
+        time.sleep(rng.uniform(0, 0.05))
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         kills.append(load_checkpoint(out / CHECKPOINT)["step"] if (out / CHECKPOINT).exists() else 0)
