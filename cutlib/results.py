@@ -8,6 +8,8 @@ shipped, ``samples/latest.png`` in a live run folder).
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 from pathlib import Path
 
@@ -202,32 +204,71 @@ def overview(results: dict, variants: list[str] | None = None, metrics=("fid", "
     return fig, plot_samples(results, variants)
 
 
+def figure_output(fig, dpi: int = 100) -> dict:
+    """A matplotlib figure as one notebook output (a display_data with its PNG), as the inline backend shows it."""
+    from matplotlib.figure import Figure
+
+    if not isinstance(fig, Figure):
+        raise TypeError(f"expected a matplotlib Figure, got {type(fig).__name__}; pass what plt.subplots returned")
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
+    return {"output_type": "display_data", "metadata": {},
+            "data": {"image/png": base64.b64encode(buffer.getvalue()).decode("ascii"), "text/plain": repr(fig)}}
+
+
+def show_in(output, *figures) -> tuple[dict, ...]:
+    """Make an ipywidgets ``Output`` show ``figures`` (replacing what it showed) and close them.
+
+    The outputs are set from the kernel (the widget's ``outputs`` state) instead of captured with
+    ``with output:``. Captured output needs a frontend to collect it; run without one (papermill,
+    nbval, the book) nbclient imitates it and answers every captured output on the kernel's shell
+    socket while it waits on that socket for the cell's reply, which can then go unnoticed until the
+    cell timeout. Setting the state needs no answer from anyone, so a headless run never waits."""
+    import matplotlib.pyplot as plt
+    from ipywidgets import Output
+
+    if not isinstance(output, Output):
+        raise TypeError(f"expected an ipywidgets.Output to show the figures in, got {type(output).__name__}")
+    outputs = tuple(figure_output(fig) for fig in figures)
+    for fig in figures:
+        plt.close(fig)  # else the inline backend shows it again below the cell
+    output.outputs = outputs
+    return outputs
+
+
+def explorer_figures(results: dict, variants: list[str], metric: str, loss: str):
+    """What the explorer shows for one choice: (bars of metric | curves of loss) and the samples figure."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
+    plot_metric_bars(results, metric, variants, ax=axes[0])
+    plot_loss_curves(results, loss, variants, ax=axes[1])
+    fig.tight_layout()
+    return fig, plot_samples(results, variants)
+
+
+def loss_names(results: dict) -> list[str]:
+    """The training losses logged by the runs (metrics.jsonl keys other than step, epoch, lr and time)."""
+    keys = {k for runs in results["runs"].values() for r in runs.values() if r["curves"] for k in r["curves"]}
+    return sorted(keys - {"step", "epoch", "lr", "time"})
+
+
 def ablation_explorer(results_dir: str | Path):
     """An ipywidgets explorer: choose variants, a metric and a training loss; see bars with spread,
-    curves and samples. Returns the widget (display it in a notebook)."""
+    curves and samples. Returns the widget (display it in a notebook). The plots are set as the
+    Output's content (``show_in``), so a run without a frontend does not wait on them."""
     import ipywidgets as W
-    import matplotlib.pyplot as plt
 
     results = load_results(results_dir)
     names = variants_of(results)
     pick = W.SelectMultiple(options=names, value=tuple(names[:4]), rows=min(10, len(names)), description="variants")
     metric = W.Dropdown(options=metric_names(results), value="fid" if "fid" in metric_names(results) else None, description="metric")
-    losses = sorted({k for v in results["runs"].values() for r in v.values() if r["curves"] for k in r["curves"]}
-                    - {"step", "epoch", "lr", "time"})
+    losses = loss_names(results)
     loss = W.Dropdown(options=losses, value="G_GAN" if "G_GAN" in losses else losses[0], description="loss")
     out = W.Output()
 
     def draw(*_):
-        chosen = list(pick.value) or names[:1]
-        with out:
-            out.clear_output(wait=True)
-            fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
-            plot_metric_bars(results, metric.value, chosen, ax=axes[0])
-            plot_loss_curves(results, loss.value, chosen, ax=axes[1])
-            fig.tight_layout()
-            plt.show()
-            plot_samples(results, chosen)
-            plt.show()
+        show_in(out, *explorer_figures(results, list(pick.value) or names[:1], metric.value, loss.value))
 
     for w in (pick, metric, loss):
         w.observe(draw, names="value")
