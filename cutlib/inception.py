@@ -95,7 +95,7 @@ def pytorch_fid_inception(weights_path: str | os.PathLike) -> nn.Module:
     """pytorch_fid.inception.InceptionV3 (pool3, 2048 features) with the weights of the local file.
 
     pytorch-fid takes its weights from torch.hub.get_dir()/checkpoints (downloading them if absent) and
-    unpickles them with weights_only=False. So the file is loaded here with weights_only=True, written
+    unpickles them without the weights-only guard. So the file is loaded here with weights_only=True, written
     into a temporary hub folder, and torch.hub points there while pytorch-fid builds its network.
     """
     from pytorch_fid.inception import InceptionV3
