@@ -3,6 +3,9 @@
 
     python -m cutlib evaluate RUN_DIR [--split test] [--extractor builtin|inception|random] [--epochs all|final]
 writes RUN_DIR/eval.json with the final and the best epoch (papers often report only the best).
+On a folder of real photos, "builtin" is the photo evaluator of cutlib.photos (an A-vs-B classifier
+trained on the dataset's training photos): target rate, structure, and FID/KID in its features, with
+the untranslated inputs' KID beside them. Those are NOT comparable with published Inception FIDs.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from cutlib.metrics import (
     kid,
 )
 from cutlib.inception import InceptionExtractor
+from cutlib.photos import PhotoClassifier, load_photo_classifier, translation_scores
 from cutlib.runs import CHECKPOINT, EPOCHS_DIR, EVAL_FILE, load_checkpoint, load_run
 
 EXTRACTORS = ("builtin", "inception", "random")
@@ -60,7 +64,12 @@ METRICS = {  # name: (better, what)
     "seg_pixel_acc": ("higher", "pixel accuracy of the segmented outputs against the input labels (Table 1 pixAcc)"),
     "seg_class_acc": ("higher", "mean class accuracy (Table 1 classAcc)"),
     "seg_mean_iou": ("higher", "mean IoU (Table 1 'mAP')"),
+    "target_rate": ("higher", "fraction of the outputs the photo classifier assigns to domain B (real photos)"),
+    "structure": ("higher", "SSIM of the blurred grey input and output (1: layout kept; real photos)"),
+    "kid_inputs": (None, "KID of the untranslated inputs against real B, same features: a translation towards B is below it"),
 }
+PHOTO_NOTE = ("photo evaluator: a small A-vs-B classifier trained here on the dataset's training photos; its FID/KID "
+              "are in its own features and are NOT comparable with published (Inception) FIDs")
 
 
 @torch.no_grad()
@@ -106,7 +115,7 @@ def run_checkpoints(run_dir: str | Path, epochs: str = "all") -> list[dict]:
     return sorted(items, key=lambda item: item["step"])
 
 
-def make_extractor(name: str, benchmark: str | None, evaluator: BuiltinEvaluator | None, device: str,
+def make_extractor(name: str, benchmark: str | None, evaluator: BuiltinEvaluator | PhotoClassifier | None, device: str,
                    seed: int = 0) -> FeatureExtractor:
     """The FID/KID feature extractor called ``name`` (builtin, inception or random)."""
     if name == "inception":
@@ -115,9 +124,10 @@ def make_extractor(name: str, benchmark: str | None, evaluator: BuiltinEvaluator
         return RandomConvExtractor(dims=64, seed=seed).to(device)
     if name == "builtin":
         if evaluator is None:
-            raise ValueError("the built-in extractor exists only for the built-in datasets "
-                             f"({', '.join(BUILTIN)}); this run's data is a folder of real images: use --extractor inception "
-                             "(standard, comparable with papers) or --extractor random (offline; compare runs with each other only)")
+            raise ValueError("the built-in extractor needs a built-in dataset "
+                             f"({', '.join(BUILTIN)}) or the photo classifier of a folder dataset; none was given: use "
+                             "--extractor inception (standard, comparable with papers) or --extractor random (offline; "
+                             "compare runs with each other only)")
         return evaluator
     raise ValueError(f"extractor must be one of {list(EXTRACTORS)}, got {name!r}")
 
@@ -144,13 +154,14 @@ def _loud(call, *args):
 
 
 def evaluate_run(run_dir: str | Path, split: str = "test", extractor: str = "builtin", device: str | None = None,
-                 epochs: str = "all", best_by: str = "fid", seed: int = 0, evaluator_steps: int = 300,
+                 epochs: str = "all", best_by: str = "fid", seed: int = 0, evaluator_steps: int | None = None,
                  progress: bool = False) -> dict:
     """Evaluate the generators of a run on ``split`` and write RUN_DIR/eval.json (atomically); returns its contents.
 
     Every saved epoch (``epochs="all"``) or the final checkpoint only: FID and KID with ``extractor``,
     and on built-in datasets the benchmark's ground-truth scores. "final" and "best" (by ``best_by``)
-    are reported side by side. ``seed`` seeds KID's subsets and the built-in evaluator.
+    are reported side by side. ``seed`` seeds KID's subsets and the built-in evaluator; ``evaluator_steps``
+    its training steps (None: 300 for the built-in segmenters, 600 for the photo classifier).
     """
     from cutlib.data import resolve_dataset
 
@@ -174,7 +185,10 @@ def evaluate_run(run_dir: str | Path, split: str = "test", extractor: str = "bui
     # build the extractor first: a missing Inception file fails here, before any work
     if extractor != "builtin":
         features_of = make_extractor(extractor, benchmark, None, device, seed)
-    evaluator = load_evaluator(dataset_dir, size, seed, evaluator_steps, progress=progress).to(device) if benchmark else None
+    evaluator = load_evaluator(dataset_dir, size, seed, evaluator_steps or 300, progress=progress).to(device) if benchmark else None
+    if benchmark is None and extractor == "builtin":  # real photos: the classifier (trained once, cached)
+        evaluator = load_photo_classifier(dataset_dir, seed=seed, steps=evaluator_steps or 600, progress=progress).to(device)
+    photo = evaluator if isinstance(evaluator, PhotoClassifier) else None
     if extractor == "builtin":
         features_of = make_extractor(extractor, benchmark, evaluator, device, seed)
 
@@ -185,6 +199,7 @@ def evaluate_run(run_dir: str | Path, split: str = "test", extractor: str = "bui
         notes.append(few)
     real_features = image_features(data["real"], features_of)
     real_stats = feature_statistics(real_features)
+    input_features = image_features(data["inputs"], features_of) if photo is not None else None
     # KID subsets of half the smaller set (at most 1000): with subsets as large as the set, every
     # subset is the whole set and the std over subsets is 0, which says nothing
     kid_subset = max(2, min(1000, min(len(data["real"]), len(data["inputs"])) // 2))
@@ -200,6 +215,11 @@ def evaluate_run(run_dir: str | Path, split: str = "test", extractor: str = "bui
             kid_mean, kid_std = kid(real_features, fake_features, num_subsets=100, subset_size=kid_subset, seed=seed)
         metrics = {"fid": frechet_distance(*real_stats, *feature_statistics(fake_features)), "kid_mean": kid_mean, "kid_std": kid_std}
         metrics.update(benchmark_scores(benchmark, evaluator, outputs, data))
+        if photo is not None:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FewImagesWarning)
+                metrics["kid_inputs"] = kid(real_features, input_features, num_subsets=100, subset_size=kid_subset, seed=seed)[0]
+            metrics.update(translation_scores(photo, outputs, data["inputs"]))
         results.append({**item, "metrics": metrics})
 
     final = next(r for r in results if r["final"])
@@ -221,7 +241,9 @@ def evaluate_run(run_dir: str | Path, split: str = "test", extractor: str = "bui
         "run_seed": cfg.seed,
         "extractor": extractor_record(features_of),
         "kid": {"num_subsets": 100, "subset_size": kid_subset},
-        "evaluator": ({"name": evaluator.name, "classes": evaluator.classes, **evaluator.info} if evaluator else None),
+        "evaluator": (None if evaluator is None else
+                      {"name": photo.name, "classes": ["A", "B"], "note": PHOTO_NOTE, **photo.info} if photo is not None else
+                      {"name": evaluator.name, "classes": evaluator.classes, **evaluator.info}),
         "final": final,
         "best": {**best, "chosen_by": best_by, "better": METRICS[best_by][0]},
         "epochs": results,
@@ -252,6 +274,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     p.add_argument("--epochs", default="all", choices=["all", "final"], help="every saved epoch and the final one, or the final only")
     p.add_argument("--best-by", default="fid", help="the metric that picks the best epoch (default fid)")
+    p.add_argument("--evaluator-steps", type=int, default=None,
+                   help="training steps of the built-in evaluator when it is not cached yet (default: 300 for the "
+                        "built-in segmenters, 600 for the photo classifier of a folder dataset)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
 
@@ -262,6 +287,11 @@ def _summary(report: dict) -> str:
         r = report[which]
         values = ", ".join(f"{k} {v:.4g}" for k, v in r["metrics"].items() if isinstance(v, float) and math.isfinite(v))
         lines.append(f"  {which:<5} epoch {r['epoch']} (step {r['step']}): {values}")
+    ev = report.get("evaluator") or {}
+    if "note" in ev:
+        acc = ev.get("test_accuracy")
+        lines.append(f"  {ev['note']}; its balanced accuracy on the held-out test photos: "
+                     + (f"{acc:.2f}" if acc is not None else "unknown (no testA/testB)"))
     return "\n".join(lines)
 
 
@@ -269,7 +299,8 @@ def cli(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     try:
         report = evaluate_run(args.run_dir, split=args.split, extractor=args.extractor, device=args.device,
-                              epochs=args.epochs, best_by=args.best_by, progress=not args.no_progress)
+                              epochs=args.epochs, best_by=args.best_by, evaluator_steps=args.evaluator_steps,
+                              progress=not args.no_progress)
     except (ValueError, OSError) as err:  # InceptionWeightsNotFound is a FileNotFoundError; read-only, disk full
         print(f"cutlib evaluate: {err}", file=sys.stderr)
         return 1

@@ -313,7 +313,7 @@ def test_make_extractor_and_its_record(stripes_evaluator):
     random = make_extractor("random", None, None, "cpu", seed=3)
     assert isinstance(random, RandomConvExtractor) and random.name == "random-conv-64d-seed3"
     assert make_extractor("builtin", "stripes", stripes_evaluator, "cpu") is stripes_evaluator
-    with pytest.raises(ValueError, match="built-in datasets"):
+    with pytest.raises(ValueError, match="needs a built-in dataset .* or the photo classifier"):
         make_extractor("builtin", None, None, "cpu")
     record = extractor_record(random)
     assert record["comparable_with_published"] is False and record["dims"] == 64 and "compare runs" in record["note"]
@@ -351,7 +351,7 @@ def test_command_exits_nonzero_with_the_weights_message_when_inception_is_missin
     assert after == before  # nothing written
 
 
-def test_real_folder_runs_get_fid_and_kid_only(stripes, tmp_path):
+def test_real_folder_runs_get_the_photo_evaluator_or_fid_and_kid_only(stripes, tmp_path, monkeypatch):
     folder = tmp_path / "my_photos"  # an own dataset: the layout without the built-ins' meta.json and labels
     for split in ("trainA", "trainB", "testA", "testB"):
         (folder / split).mkdir(parents=True)
@@ -359,8 +359,10 @@ def test_real_folder_runs_get_fid_and_kid_only(stripes, tmp_path):
             shutil.copy(stripes / split / name, folder / split / name)
     run = tmp_path / "run"
     train(C.preset("fastcut", dataset=str(folder), max_steps=2, **TINY), run, progress=False)
-    with pytest.raises(ValueError, match="--extractor inception"):
-        evaluate_run(run, device="cpu")
+    monkeypatch.setenv("CUTLIB_DATA", str(tmp_path / "data"))  # where the photo classifier is cached
+    photo = evaluate_run(run, device="cpu", epochs="final", evaluator_steps=2)  # builtin: the photo classifier
+    assert photo["evaluator"]["name"] == "photo-classifier-64px" and "NOT comparable" in photo["evaluator"]["note"]
+    assert {"target_rate", "structure", "kid_inputs"} <= set(photo["final"]["metrics"])
     report = evaluate_run(run, extractor="random", device="cpu")
     assert report["benchmark"] is None and report["evaluator"] is None
     assert set(report["final"]["metrics"]) == {"fid", "kid_mean", "kid_std"}
