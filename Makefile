@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 TEST_WORKERS ?= 2
 ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
 
-.PHONY: setup demo test lab book browser check-book clean
+.PHONY: setup demo photos test lab book browser check-book clean
 
 setup: $(STAMP)
 
@@ -22,6 +22,12 @@ $(STAMP): pyproject.toml
 # The course's main demo: see README. Writes into runs/demo/.
 demo: setup
 	$(BIN)/python -m cutlib demo --out runs/demo
+
+# Real photos (README "Real photos"): the laptop preset on horse2zebra (downloaded through the catalog on first
+# use) or on any folder with trainA/trainB/testA/testB: make photos DATASET=path/to/folder. Writes runs/photos/.
+DATASET ?= horse2zebra
+photos: setup
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/python -m cutlib demo --photos $(DATASET) --out runs/photos
 
 # Unit tests and every notebook, executed by nbval, two workers.
 test: setup

@@ -66,6 +66,7 @@ METRICS = {  # name: (better, what)
     "seg_mean_iou": ("higher", "mean IoU (Table 1 'mAP')"),
     "target_rate": ("higher", "fraction of the outputs the photo classifier assigns to domain B (real photos)"),
     "structure": ("higher", "SSIM of the blurred grey input and output (1: layout kept; real photos)"),
+    "target_rate_inputs": (None, "fraction of the untranslated inputs the photo classifier assigns to B (its false alarms)"),
     "kid_inputs": (None, "KID of the untranslated inputs against real B, same features: a translation towards B is below it"),
 }
 PHOTO_NOTE = ("photo evaluator: a small A-vs-B classifier trained here on the dataset's training photos; its FID/KID "
@@ -200,6 +201,7 @@ def evaluate_run(run_dir: str | Path, split: str = "test", extractor: str = "bui
     real_features = image_features(data["real"], features_of)
     real_stats = feature_statistics(real_features)
     input_features = image_features(data["inputs"], features_of) if photo is not None else None
+    inputs_called_b = float((photo.prob_b(data["inputs"]) >= 0.5).float().mean()) if photo is not None else None
     # KID subsets of half the smaller set (at most 1000): with subsets as large as the set, every
     # subset is the whole set and the std over subsets is 0, which says nothing
     kid_subset = max(2, min(1000, min(len(data["real"]), len(data["inputs"])) // 2))
@@ -220,6 +222,7 @@ def evaluate_run(run_dir: str | Path, split: str = "test", extractor: str = "bui
                 warnings.simplefilter("ignore", FewImagesWarning)
                 metrics["kid_inputs"] = kid(real_features, input_features, num_subsets=100, subset_size=kid_subset, seed=seed)[0]
             metrics.update(translation_scores(photo, outputs, data["inputs"]))
+            metrics["target_rate_inputs"] = inputs_called_b
         results.append({**item, "metrics": metrics})
 
     final = next(r for r in results if r["final"])

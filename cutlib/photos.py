@@ -21,6 +21,7 @@ of these numbers is comparable with a published (Inception) FID or KID.
 from __future__ import annotations
 
 import hashlib
+import math
 import time
 from pathlib import Path
 
@@ -37,7 +38,7 @@ from cutlib.metrics import kid
 from cutlib.paths import data_root
 from cutlib.runs import load_checkpoint
 
-CLASSIFIER_VERSION = 1  # bump when the classifier or its training changes: old cache files are then ignored
+CLASSIFIER_VERSION = 2  # bump when the classifier or its training changes: old cache files are then ignored
 
 
 class PhotoClassifier(nn.Module):
@@ -108,6 +109,28 @@ def _augment(images: Tensor, size: int, generator: torch.Generator) -> Tensor:
     return torch.cat(out)
 
 
+def _grating(n: int, size: int, generator: torch.Generator) -> Tensor:
+    """(n, 1, S, S): sinusoidal line patterns of random orientation, period (2-8 px) and amplitude (0.05-0.3)."""
+    angle = torch.rand(n, 1, 1, generator=generator) * math.pi
+    period = 2 + 6 * torch.rand(n, 1, 1, generator=generator)
+    amp = 0.05 + 0.25 * torch.rand(n, 1, 1, generator=generator)
+    yy, xx = torch.meshgrid(torch.arange(size, dtype=torch.float32), torch.arange(size, dtype=torch.float32), indexing="ij")
+    phase = 2 * math.pi * torch.rand(n, 1, 1, generator=generator)
+    return (amp * torch.sin(2 * math.pi * (xx * torch.cos(angle) + yy * torch.sin(angle)) / period + phase))[:, None]
+
+
+def _degrade(x: Tensor, generator: torch.Generator) -> Tensor:
+    """The look of a failed translation, applied to images that keep their label: each image, with p = 0.5,
+    loses 0-100 % of its saturation, and with p = 0.5 gets a faint line pattern (``_grating``) over all of it."""
+    n, _, s, _ = x.shape
+    g = grey(x)
+    keep = torch.rand(n, 1, 1, 1, generator=generator)
+    desat = torch.rand(n, 1, 1, 1, generator=generator) < 0.5
+    x = torch.where(desat, keep * x + (1 - keep) * g, x)
+    lines = torch.rand(n, 1, 1, 1, generator=generator) < 0.5
+    return torch.where(lines, (x + _grating(n, s, generator)).clamp(0, 1), x)
+
+
 def _check_folders(dataset_dir: Path, split: str) -> None:
     for domain in "AB":
         folder = dataset_dir / f"{split}{domain}"
@@ -123,7 +146,7 @@ def accuracy(classifier: PhotoClassifier, images_a: Tensor, images_b: Tensor) ->
 
 
 def train_photo_classifier(dataset_dir: str | Path, size: int = 64, seed: int = 0, steps: int = 600, batch_size: int = 32,
-                           width: int = 16, lr: float = 2e-3, progress: bool = False) -> PhotoClassifier:
+                           width: int = 16, lr: float = 2e-3, robust: bool = True, progress: bool = False) -> PhotoClassifier:
     """Train the A-vs-B classifier on trainA/trainB (no caching; see ``load_photo_classifier``).
 
     Balanced batches (half A, half B), random crops and flips, Adam with a linear decay. Its balanced
@@ -145,6 +168,8 @@ def train_photo_classifier(dataset_dir: str | Path, size: int = 64, seed: int = 
     for _ in tqdm(range(steps), disable=not progress, desc=f"training the photo classifier of {dataset_dir.name}"):
         picks = [train[int(c)][torch.randint(len(train[int(c)]), (), generator=generator)] for c in labels]
         x = _augment(torch.stack(picks), size, generator)
+        if robust:  # a faded, line-covered horse is still a horse (and a faded zebra still a zebra)
+            x = _degrade(x, generator)
         loss = F.cross_entropy(classifier.logits(x), labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -88,13 +88,18 @@ def resumed_config(saved: TrainConfig, changes: dict) -> TrainConfig:
     return C.override(saved, **{k: asked[k] for k in changed})
 
 
+SCALE_FIELDS = {*C.CPU_SCALE, "n_layers_D", "lr", "dataset_len", "save_epoch_freq"}  # not what tells presets apart
+
+
 def preset_signature(name: str) -> dict:
     """What tells the preset ``name`` apart from the other presets: its model and the fields in which
     the presets of that model differ (CUT vs FastCUT: lambda_nce, nce_idt, flip_equivariance); the
-    schedule is left out, as a resumed run may change it."""
+    schedule is left out, as a resumed run may change it, and so is the scale (data, sizes, widths,
+    learning rate: the laptop preset is CUT's objective at a small scale, and any preset may be scaled)."""
     cfg = C.preset(name)
     kin = [C.preset(other) for other in C.PRESETS if C.preset(other).model == cfg.model]
-    keys = [f for f in C.FIELDS if f not in RESUMABLE_CHANGES and len({getattr(k, f) for k in kin}) > 1]
+    keys = [f for f in C.FIELDS if f not in RESUMABLE_CHANGES and f not in SCALE_FIELDS
+            and len({getattr(k, f) for k in kin}) > 1]
     return {"model": cfg.model, **{k: getattr(cfg, k) for k in keys}}
 
 

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 from conftest import shared_dataset
 from cutlib.photos import (
+    CLASSIFIER_VERSION,
     PhotoClassifier,
     classifier_cache_path,
     dataset_fingerprint,
@@ -185,7 +186,7 @@ def test_evaluate_a_run_on_real_photos(tmp_path, monkeypatch, horse2zebra_mini):
     assert report["extractor"]["name"] == "photo-classifier-64px" and report["extractor"]["comparable_with_published"] is False
     assert "NOT comparable" in report["evaluator"]["note"] and report["evaluator"]["steps"] == 4
     assert json.loads((run / "eval.json").read_text())["final"]["metrics"]["target_rate"] == metrics["target_rate"]
-    assert list((tmp_path / "data" / "evaluators").glob("photo_horse2zebra_mini_*_64px_seed0_steps4_v1.pt"))
+    assert list((tmp_path / "data" / "evaluators").glob(f"photo_horse2zebra_mini_*_64px_seed0_steps4_v{CLASSIFIER_VERSION}.pt"))
 
 def test_evaluate_cli_says_what_the_photo_numbers_are(tmp_path, monkeypatch, capsys, horse2zebra_mini):
     from cutlib.config import tiny_scale
@@ -199,3 +200,32 @@ def test_evaluate_cli_says_what_the_photo_numbers_are(tmp_path, monkeypatch, cap
     out = capsys.readouterr().out
     assert "target_rate" in out and "NOT comparable with published (Inception) FIDs" in out
     assert "balanced accuracy on the held-out test photos" in out
+
+
+def test_demo_photos_trains_evaluates_and_draws(tmp_path, monkeypatch, capsys, horse2zebra_mini):
+    from PIL import Image
+
+    from cutlib.demo import cli
+
+    monkeypatch.setenv("CUTLIB_DATA", str(tmp_path / "data"))
+    out = tmp_path / "photos"
+    args = ["--photos", str(horse2zebra_mini), "--out", str(out), "--steps", "3", "--evaluator-steps", "2"]
+    assert cli(args) == 0
+    printed = capsys.readouterr().out
+    assert "laptop preset" in printed and "target rate" in printed and "NOT comparable" in printed
+    report = json.loads((out / "eval.json").read_text())
+    assert report["final"]["step"] == 3 and "structure" in report["final"]["metrics"]
+    assert json.loads((out / "config.json").read_text())["n_layers_D"] == 2  # the laptop preset's discriminator
+    with Image.open(out / "before_after.png") as grid:  # 8 test photos (the mini set has 8) x 2 columns of 64 px
+        assert grid.size == (2 * 66 + 2, 8 * 66 + 2)
+    assert (out / "losses.png").is_file()
+    assert cli(args) == 0  # again: the finished run is resumed (nothing to train), evaluated and drawn again
+
+
+def test_demo_photos_names_what_is_missing(tmp_path, monkeypatch, capsys):
+    from cutlib.demo import cli
+
+    monkeypatch.setenv("CUTLIB_DATA", str(tmp_path / "data"))
+    assert cli(["--photos", str(tmp_path / "nowhere"), "--out", str(tmp_path / "run")]) == 1
+    err = capsys.readouterr().err
+    assert "cutlib demo --photos:" in err and "nowhere" in err and not (tmp_path / "run").exists()

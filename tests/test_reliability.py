@@ -278,6 +278,9 @@ def test_preset_signature_tells_the_presets_apart():
     assert preset_signature("fastcut")["flip_equivariance"] is True  # the field that tells FastCUT apart
     assert preset_signature("cyclegan") == {"model": "cyclegan"}
     check_preset(C.tiny_scale("fastcut"), "fastcut", "RUN")  # scale settings do not matter
+    assert preset_signature("laptop") == cut  # CUT's objective at a laptop's scale
+    check_preset(C.preset("laptop"), "cut", "RUN")
+    check_preset(C.tiny_scale("cut"), "laptop", "RUN")
     with pytest.raises(ValueError, match="not a cut run"):
         check_preset(C.tiny_scale("fastcut"), "cut", "RUN")
     with pytest.raises(ValueError, match="unknown preset"):
