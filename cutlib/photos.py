@@ -38,7 +38,7 @@ from cutlib.metrics import kid
 from cutlib.paths import data_root
 from cutlib.runs import load_checkpoint
 
-CLASSIFIER_VERSION = 2  # bump when the classifier or its training changes: old cache files are then ignored
+CLASSIFIER_VERSION = 3  # bump when the classifier or its training changes: old cache files are then ignored
 
 
 class PhotoClassifier(nn.Module):
@@ -109,7 +109,7 @@ def _augment(images: Tensor, size: int, generator: torch.Generator) -> Tensor:
     return torch.cat(out)
 
 
-def _grating(n: int, size: int, generator: torch.Generator) -> Tensor:
+def line_pattern(n: int, size: int, generator: torch.Generator) -> Tensor:
     """(n, 1, S, S): sinusoidal line patterns of random orientation, period (2-8 px) and amplitude (0.05-0.3)."""
     angle = torch.rand(n, 1, 1, generator=generator) * math.pi
     period = 2 + 6 * torch.rand(n, 1, 1, generator=generator)
@@ -119,16 +119,16 @@ def _grating(n: int, size: int, generator: torch.Generator) -> Tensor:
     return (amp * torch.sin(2 * math.pi * (xx * torch.cos(angle) + yy * torch.sin(angle)) / period + phase))[:, None]
 
 
-def _degrade(x: Tensor, generator: torch.Generator) -> Tensor:
+def degrade(x: Tensor, generator: torch.Generator) -> Tensor:
     """The look of a failed translation, applied to images that keep their label: each image, with p = 0.5,
-    loses 0-100 % of its saturation, and with p = 0.5 gets a faint line pattern (``_grating``) over all of it."""
+    loses 0-100 % of its saturation, and with p = 0.5 gets a faint line pattern (``line_pattern``) over all of it."""
     n, _, s, _ = x.shape
     g = grey(x)
     keep = torch.rand(n, 1, 1, 1, generator=generator)
     desat = torch.rand(n, 1, 1, 1, generator=generator) < 0.5
     x = torch.where(desat, keep * x + (1 - keep) * g, x)
     lines = torch.rand(n, 1, 1, 1, generator=generator) < 0.5
-    return torch.where(lines, (x + _grating(n, s, generator)).clamp(0, 1), x)
+    return torch.where(lines, (x + line_pattern(n, s, generator)).clamp(0, 1), x)
 
 
 def _check_folders(dataset_dir: Path, split: str) -> None:
@@ -163,19 +163,19 @@ def train_photo_classifier(dataset_dir: str | Path, size: int = 64, seed: int = 
     optimizer = torch.optim.Adam(classifier.parameters(), lr=lr, weight_decay=1e-4)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1 - s / steps)
     labels = torch.arange(batch_size) % 2  # 0 = A, 1 = B
-    classifier.train()
+    classifier.train().to(memory_format=torch.channels_last)  # NHWC: ~1.5x faster convolutions on a CPU
     start = time.perf_counter()
     for _ in tqdm(range(steps), disable=not progress, desc=f"training the photo classifier of {dataset_dir.name}"):
         picks = [train[int(c)][torch.randint(len(train[int(c)]), (), generator=generator)] for c in labels]
         x = _augment(torch.stack(picks), size, generator)
         if robust:  # a faded, line-covered horse is still a horse (and a faded zebra still a zebra)
-            x = _degrade(x, generator)
-        loss = F.cross_entropy(classifier.logits(x), labels)
+            x = degrade(x, generator)
+        loss = F.cross_entropy(classifier.logits(x.contiguous(memory_format=torch.channels_last)), labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         schedule.step()
-    classifier.eval()
+    classifier.eval().to(memory_format=torch.contiguous_format)
     info = {"steps": steps, "batch_size": batch_size, "width": width, "lr": lr, "seed": seed, "final_loss": loss.item(),
             "train_seconds": round(time.perf_counter() - start, 2), "dataset_dir": str(dataset_dir),
             "num_train": {"A": len(train[0]), "B": len(train[1])}}
