@@ -18,7 +18,9 @@ from cutlib.photos import (
     PhotoClassifier,
     classifier_cache_path,
     dataset_fingerprint,
+    degrade,
     grey,
+    line_pattern,
     load_photo_classifier,
     photo_scores,
     ssim,
@@ -92,6 +94,20 @@ def test_structure_ignores_fine_texture_but_not_layout():
     assert texture > 0.9 > layout  # new fine texture keeps the structure, a moved square does not
     with pytest.raises(ValueError, match="one shape"):
         structure_score(scene, scene[..., :32])
+
+
+def test_line_pattern_and_degrade():
+    g = torch.Generator().manual_seed(0)
+    lines = line_pattern(64, 32, g)
+    assert lines.shape == (64, 1, 32, 32)
+    amp = lines.flatten(1).abs().amax(dim=1)
+    assert bool((amp <= 0.3 + 1e-6).all()) and bool((amp > 0.03).all())  # faint, but there
+    assert lines.mean().abs() < 0.01  # zero-mean lines: they change texture, not brightness
+    x = torch.rand(200, 3, 16, 16)
+    y = degrade(x, torch.Generator().manual_seed(1))
+    assert y.shape == x.shape and bool(((y >= 0) & (y <= 1)).all())
+    changed = (y - x).flatten(1).abs().amax(dim=1) > 1e-6
+    assert 0.6 < changed.float().mean() < 0.9  # each of two changes with p = 0.5: 75 % of the images change
 
 
 def test_classifier_shapes_and_bad_input():
@@ -229,3 +245,18 @@ def test_demo_photos_names_what_is_missing(tmp_path, monkeypatch, capsys):
     assert cli(["--photos", str(tmp_path / "nowhere"), "--out", str(tmp_path / "run")]) == 1
     err = capsys.readouterr().err
     assert "cutlib demo --photos:" in err and "nowhere" in err and not (tmp_path / "run").exists()
+
+
+def test_ship_photos_makes_paths_relative():
+    import importlib.util
+
+    from conftest import REPO
+
+    spec = importlib.util.spec_from_file_location("ship_photos", REPO / "tools" / "ship_photos.py")
+    ship = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ship)
+    roots = [("/srv/course/repo", "."), ("/srv/course", "..")]
+    report = {"run_dir": "/srv/course/repo/runs/photos", "info": [{"cache": "/srv/course/shared/x.pt"}], "n": 3}
+    assert ship.relative(report, roots) == {"run_dir": "./runs/photos", "info": [{"cache": "../shared/x.pt"}], "n": 3}
+    shipped = json.loads((REPO / "notebooks" / "results" / "photos" / "eval.json").read_text())
+    assert shipped["final"]["step"] > 0 and {"target_rate", "structure", "kid_inputs"} <= set(shipped["final"]["metrics"])

@@ -3,7 +3,7 @@
 readme_pair.png, the README's first picture: one drawing of `make demo` and one held-out photo of
 `make photos`, each before and after.
 
-    python tools/ship_photos.py [--photos runs/photos] [--demo runs/demo] [--index 1]
+    python tools/ship_photos.py [--photos runs/photos] [--demo runs/demo] [--index 0]
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--photos", default="runs/photos")
     p.add_argument("--demo", default="runs/demo")
-    p.add_argument("--index", type=int, default=1, help="which test image of each run the README shows")
+    p.add_argument("--index", type=int, default=0, help="which test image of each run the README shows")
     args = p.parse_args(argv)
 
     import torch
@@ -49,7 +49,7 @@ def main(argv: list[str]) -> int:
     photos, demo = Path(args.photos), Path(args.demo)
     OUT.mkdir(parents=True, exist_ok=True)
     report = json.loads((photos / "eval.json").read_text())
-    roots = [(str(REPO.parent), ".."), (str(REPO), ".")]
+    roots = [(str(REPO), "."), (str(REPO.parent), "..")]
     (OUT / "eval.json").write_text(json.dumps(relative(report, roots), indent=1) + "\n")
     shutil.copyfile(photos / "before_after.png", OUT / "before_after.png")
 
