@@ -260,3 +260,43 @@ def test_ship_photos_makes_paths_relative():
     assert ship.relative(report, roots) == {"run_dir": "./runs/photos", "info": [{"cache": "../shared/x.pt"}], "n": 3}
     shipped = json.loads((REPO / "notebooks" / "results" / "photos" / "eval.json").read_text())
     assert shipped["final"]["step"] > 0 and {"target_rate", "structure", "kid_inputs"} <= set(shipped["final"]["metrics"])
+
+
+def test_demo_photos_downloads_a_catalog_dataset_first(tmp_path, monkeypatch, capsys, horse2zebra_mini):
+    """`demo --photos horse2zebra` with nothing downloaded: the catalog's entry, pointed at a local HTTP
+    server holding a real zip of photos (as the catalog's is laid out), is fetched, then trained on."""
+    import threading
+    import zipfile
+    from functools import partial
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    import cutlib.data.catalog as catalog
+    from cutlib.demo import cli
+
+    www = tmp_path / "www"
+    www.mkdir()
+    with zipfile.ZipFile(www / "horse2zebra.zip", "w") as zf:
+        for split in ("trainA", "trainB", "testA", "testB"):
+            for p in sorted((horse2zebra_mini / split).iterdir())[:6]:
+                zf.write(p, f"horse2zebra/{split}/{p.name}")
+
+    class Quiet(SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(Quiet, directory=str(www)))
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    try:
+        entry = {**catalog.get_entry("horse2zebra"), "url": f"http://127.0.0.1:{server.server_address[1]}/horse2zebra.zip",
+                 "md5": None, "sha256": None}
+        monkeypatch.setattr(catalog, "get_entry", lambda name, path=None: entry)  # a mirror: the test server
+        monkeypatch.setenv("CUTLIB_DATA", str(tmp_path / "data"))
+        out = tmp_path / "run"
+        assert cli(["--photos", "horse2zebra", "--out", str(out), "--steps", "2", "--evaluator-steps", "2"]) == 0
+    finally:
+        server.shutdown()
+        server.server_close()
+    printed = capsys.readouterr().out
+    assert "Downloading horse2zebra" in printed
+    assert sorted(p.name for p in (tmp_path / "data" / "horse2zebra").iterdir()) >= ["testA", "testB", "trainA", "trainB"]
+    assert json.loads((out / "eval.json").read_text())["num_images"] == {"inputs": 6, "real": 6}
