@@ -120,7 +120,9 @@ def measure(preset: str, size: int = 256, steps: int = 5, warmup: int = 1, devic
         x = torch.rand(1, cfg.input_nc, 32, 32, generator=g) * 2 - 1  # (1, C, 32, 32)
         build_model(tiny, device).training_step({"A": x, "B": x})
     exact_peak = _reset_peak_rss()  # else the peak so far (imports) is the baseline: the figure may undercount
-    rss_before = _rss_mb()[0] if exact_peak else _rss_mb()[1]
+    # after the reset the kernel's peak (VmHWM) may lag the current RSS by a few pages: the smaller of the
+    # two is the baseline, so that the peak read later (VmHWM never decreases) cannot fall below it
+    rss_before = min(_rss_mb()) if exact_peak else _rss_mb()[1]
     if cuda:
         torch.cuda.reset_peak_memory_stats(device)
     torch.manual_seed(seed)
