@@ -120,9 +120,7 @@ def measure(preset: str, size: int = 256, steps: int = 5, warmup: int = 1, devic
         x = torch.rand(1, cfg.input_nc, 32, 32, generator=g) * 2 - 1  # (1, C, 32, 32)
         build_model(tiny, device).training_step({"A": x, "B": x})
     exact_peak = _reset_peak_rss()  # else the peak so far (imports) is the baseline: the figure may undercount
-    # after the reset the kernel's peak (VmHWM) may lag the current RSS by a few pages: the smaller of the
-    # two is the baseline, so that the peak read later (VmHWM never decreases) cannot fall below it
-    rss_before = min(_rss_mb()) if exact_peak else _rss_mb()[1]
+    rss_before = _rss_mb()[0] if exact_peak else _rss_mb()[1]
     if cuda:
         torch.cuda.reset_peak_memory_stats(device)
     torch.manual_seed(seed)
@@ -149,7 +147,9 @@ def measure(preset: str, size: int = 256, steps: int = 5, warmup: int = 1, devic
     if cuda:
         row.update(memory_mb=torch.cuda.max_memory_allocated(device) / 2**20, memory_kind="torch.cuda.max_memory_allocated")
     else:
-        peak = _rss_mb()[1]
+        # the kernel's RSS counters are synced lazily (every few dozen page faults), so a model that fits in
+        # memory the warm-up freed can read a few pages BELOW the baseline: that is "no increase", not a negative one
+        peak = max(_rss_mb()[1], rss_before)
         kind = "peak RSS increase" if exact_peak else "peak RSS increase (over the import peak; may undercount)"
         row.update(memory_mb=peak - rss_before, memory_kind=kind, rss_before_mb=rss_before, rss_peak_mb=peak)
     return row
