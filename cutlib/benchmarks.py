@@ -26,9 +26,8 @@ from tqdm.auto import tqdm
 
 from cutlib.data.splits import benchmark_of, read_images, read_labels
 from cutlib.data.synthetic import BUILTIN
-from cutlib.files import atomic_write
 from cutlib.segmentation import segmentation_scores
-from cutlib.runs import load_checkpoint
+from cutlib.runs import cached_network
 
 EVALUATOR_VERSION = 2  # bump when the evaluators change: old cache files are then ignored
 STRIPES_CLASSES = ["background", "smooth-coated animal", "striped animal"]
@@ -186,20 +185,18 @@ def evaluator_cache_path(dataset_dir: str | Path, size: int = 64, seed: int = 0,
 def load_evaluator(dataset_dir: str | Path, size: int = 64, seed: int = 0, steps: int = 300,
                    cache_dir: str | Path | None = None, progress: bool = False) -> BuiltinEvaluator:
     """The evaluator of a built-in dataset: loaded from its cache file, else trained (< 1 min on a CPU) and cached."""
-    path = evaluator_cache_path(dataset_dir, size, seed, steps, cache_dir)
-    if path.is_file():
-        saved = load_checkpoint(path)
+    def rebuild(saved: dict) -> BuiltinEvaluator:
         evaluator = BuiltinEvaluator(saved["benchmark"], saved["classes"], saved["size"], saved["seed"], saved["info"]["width"])
         evaluator.net.load_state_dict(saved["net"])
-        evaluator.info = {**saved["info"], "cache": str(path), "loaded_from_cache": True}
-        return evaluator.eval()
-    evaluator = train_evaluator(dataset_dir, size, seed, steps, progress=progress)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    state = {"benchmark": evaluator.benchmark, "classes": evaluator.classes, "size": size, "seed": seed,
-             "info": evaluator.info, "net": evaluator.net.state_dict()}
-    atomic_write(path, lambda tmp: torch.save(state, tmp))  # concurrent trainers never see half a file
-    evaluator.info = {**evaluator.info, "cache": str(path), "loaded_from_cache": False}
-    return evaluator
+        evaluator.info = saved["info"]
+        return evaluator
+
+    def state(evaluator: BuiltinEvaluator) -> dict:
+        return {"benchmark": evaluator.benchmark, "classes": evaluator.classes, "size": size, "seed": seed,
+                "info": evaluator.info, "net": evaluator.net.state_dict()}
+
+    return cached_network(evaluator_cache_path(dataset_dir, size, seed, steps, cache_dir), rebuild,
+                          lambda: train_evaluator(dataset_dir, size, seed, steps, progress=progress), state)
 
 
 def animal_fractions(labels: Tensor) -> Tensor:

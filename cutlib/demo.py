@@ -69,7 +69,7 @@ def photos(dataset: str, out: Path, steps: int | None = None, evaluator_steps: i
     paths = [photo_grid(out), loss_plot(out, "CUT, laptop preset, on real photos (make photos)")]
     final = report["final"]["metrics"]
     print(f"final step {report['final']['step']}: target rate {final['target_rate']:.2f} (inputs "
-          f"{report['final']['metrics'].get('target_rate_inputs', float('nan')):.2f}), structure {final['structure']:.2f}, "
+          f"{final['target_rate_inputs']:.2f}), structure {final['structure']:.2f}, "
           f"KID {final['kid_mean']:.3g} (untranslated inputs {final['kid_inputs']:.3g})")
     print(report["evaluator"]["note"])
     print(f"{time.perf_counter() - start:.0f} s in all. Written:", *(str(p) for p in paths), str(out / "eval.json"), sep="\n  ")

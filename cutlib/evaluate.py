@@ -200,11 +200,16 @@ def evaluate_run(run_dir: str | Path, split: str = "test", extractor: str = "bui
         notes.append(few)
     real_features = image_features(data["real"], features_of)
     real_stats = feature_statistics(real_features)
-    input_features = image_features(data["inputs"], features_of) if photo is not None else None
-    inputs_called_b = float((photo.prob_b(data["inputs"]) >= 0.5).float().mean()) if photo is not None else None
     # KID subsets of half the smaller set (at most 1000): with subsets as large as the set, every
     # subset is the whole set and the std over subsets is 0, which says nothing
     kid_subset = max(2, min(1000, min(len(data["real"]), len(data["inputs"])) // 2))
+    inputs_scores = {}  # real photos: where the untranslated inputs stand, the same for every checkpoint
+    if photo is not None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FewImagesWarning)  # said once above
+            inputs_scores["kid_inputs"] = kid(real_features, image_features(data["inputs"], features_of), num_subsets=100,
+                                              subset_size=kid_subset, seed=seed)[0]
+        inputs_scores["target_rate_inputs"] = float((photo.prob_b(data["inputs"]) >= 0.5).float().mean())
     results = []
     for item in tqdm(checkpoints, disable=not progress, desc=f"evaluating {run_dir.name}"):
         snapshot = final_G if item["final"] else load_checkpoint(run_dir / item["checkpoint"], device)["G"]
@@ -218,11 +223,7 @@ def evaluate_run(run_dir: str | Path, split: str = "test", extractor: str = "bui
         metrics = {"fid": frechet_distance(*real_stats, *feature_statistics(fake_features)), "kid_mean": kid_mean, "kid_std": kid_std}
         metrics.update(benchmark_scores(benchmark, evaluator, outputs, data))
         if photo is not None:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", FewImagesWarning)
-                metrics["kid_inputs"] = kid(real_features, input_features, num_subsets=100, subset_size=kid_subset, seed=seed)[0]
-            metrics.update(translation_scores(photo, outputs, data["inputs"]))
-            metrics["target_rate_inputs"] = inputs_called_b
+            metrics.update(translation_scores(photo, outputs, data["inputs"]), **inputs_scores)
         results.append({**item, "metrics": metrics})
 
     final = next(r for r in results if r["final"])

@@ -32,11 +32,10 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from cutlib.data.splits import read_images
-from cutlib.files import atomic_write
 from cutlib.images import list_images
 from cutlib.metrics import kid
 from cutlib.paths import data_root
-from cutlib.runs import load_checkpoint
+from cutlib.runs import cached_network
 
 CLASSIFIER_VERSION = 3  # bump when the classifier or its training changes: old cache files are then ignored
 
@@ -214,19 +213,15 @@ def classifier_cache_path(dataset_dir: str | Path, size: int = 64, seed: int = 0
 def load_photo_classifier(dataset_dir: str | Path, size: int = 64, seed: int = 0, steps: int = 600,
                           cache_dir: str | Path | None = None, progress: bool = False) -> PhotoClassifier:
     """The classifier of a folder dataset: loaded from its cache file, else trained and cached (atomically)."""
-    path = classifier_cache_path(dataset_dir, size, seed, steps, cache_dir)
-    if path.is_file():
-        saved = load_checkpoint(path)
+    def rebuild(saved: dict) -> PhotoClassifier:
         classifier = PhotoClassifier(saved["size"], saved["info"]["width"])
         classifier.load_state_dict(saved["net"])
-        classifier.info = {**saved["info"], "cache": str(path), "loaded_from_cache": True}
-        return classifier.eval()
-    classifier = train_photo_classifier(dataset_dir, size, seed, steps, progress=progress)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    state = {"size": size, "info": classifier.info, "net": classifier.state_dict()}
-    atomic_write(path, lambda tmp: torch.save(state, tmp))
-    classifier.info = {**classifier.info, "cache": str(path), "loaded_from_cache": False}
-    return classifier
+        classifier.info = saved["info"]
+        return classifier
+
+    return cached_network(classifier_cache_path(dataset_dir, size, seed, steps, cache_dir), rebuild,
+                          lambda: train_photo_classifier(dataset_dir, size, seed, steps, progress=progress),
+                          lambda c: {"size": size, "info": c.info, "net": c.state_dict()})
 
 
 # ----------------------------------------------------------------------------------------------

@@ -41,6 +41,22 @@ class CheckpointError(ValueError):
     """A file that is not a readable checkpoint: damaged, cut short, or holding code."""
 
 
+def cached_network(path: Path, rebuild, train, state):
+    """A trained network kept in the cache file ``path``: ``rebuild(saved)`` from the file when it is there,
+    else ``train()`` it and save ``state(network)`` atomically (concurrent callers never see half a file).
+    The network's ``info`` dict gains "cache" and "loaded_from_cache"; it is returned in eval mode."""
+    if path.is_file():
+        network = rebuild(load_checkpoint(path))
+        loaded = True
+    else:
+        network = train()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, lambda tmp: torch.save(state(network), tmp))
+        loaded = False
+    network.info = {**network.info, "cache": str(path), "loaded_from_cache": loaded}
+    return network.eval()
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu"):
     """Read a checkpoint WITHOUT running pickled code (torch.load with weights_only=True): tensors,
     containers, numbers, strings and numpy's RNG arrays load; anything else is refused.

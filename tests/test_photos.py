@@ -300,3 +300,29 @@ def test_demo_photos_downloads_a_catalog_dataset_first(tmp_path, monkeypatch, ca
     assert "Downloading horse2zebra" in printed
     assert sorted(p.name for p in (tmp_path / "data" / "horse2zebra").iterdir()) >= ["testA", "testB", "trainA", "trainB"]
     assert json.loads((out / "eval.json").read_text())["num_images"] == {"inputs": 6, "real": 6}
+
+
+def test_cached_network_trains_once_then_loads(tmp_path):
+    from cutlib.runs import cached_network
+
+    calls = []
+
+    def train():
+        calls.append(1)
+        net = torch.nn.Linear(2, 1)
+        net.info = {"steps": 1}
+        return net
+
+    def rebuild(saved):
+        net = torch.nn.Linear(2, 1)
+        net.load_state_dict(saved["net"])
+        net.info = saved["info"]
+        return net
+
+    state = lambda net: {"net": net.state_dict(), "info": net.info}  # noqa: E731
+    path = tmp_path / "cache" / "net.pt"
+    first = cached_network(path, rebuild, train, state)
+    again = cached_network(path, rebuild, train, state)
+    assert calls == [1] and first.info["loaded_from_cache"] is False and again.info["loaded_from_cache"] is True
+    assert again.info["cache"] == str(path) and again.info["steps"] == 1 and not again.training
+    assert torch.equal(first.weight, again.weight) and [p.name for p in path.parent.iterdir()] == ["net.pt"]
