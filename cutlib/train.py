@@ -70,9 +70,15 @@ def make_schedulers(model, cfg: TrainConfig) -> dict:
     return {name: torch.optim.lr_scheduler.LambdaLR(opt, rule) for name, opt in model.optimizers.items()}
 
 
-def epoch_batches(n: int, batch_size: int, seed: int, epoch: int) -> list[list[int]]:
-    """The shuffled order of an epoch as batches of indices, fixed by (seed, epoch); last partial dropped."""
+def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, size: int = 0) -> list[list[int]]:
+    """The shuffled order of an epoch as batches of indices, fixed by (seed, epoch); last partial dropped.
+
+    ``size``: the dataset's length when an epoch is shorter (``n < size``, a set ``dataset_len``): epoch e
+    then takes the items (e - 1) * n ... e * n - 1 (mod size), so successive short epochs walk through
+    the whole dataset instead of seeing its first n items again and again."""
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch)).tolist()
+    if 0 < n < size:
+        order = [(i + (epoch - 1) * n) % size for i in order]
     return [order[i : i + batch_size] for i in range(0, n - batch_size + 1, batch_size)]
 
 
@@ -244,7 +250,7 @@ class Trainer:
             if hasattr(self.model, "set_epoch"):  # objectives with an epoch schedule (Hneg-SRC's temperature)
                 self.model.set_epoch(self.epoch)
             ds.jitter = not (cfg.decay_no_jitter and self.epoch > cfg.n_epochs)
-            batches = epoch_batches(self.epoch_len, cfg.batch_size, cfg.seed, self.epoch)[self.batch_in_epoch :]
+            batches = epoch_batches(self.epoch_len, cfg.batch_size, cfg.seed, self.epoch, len(ds))[self.batch_in_epoch :]
             if self.world_size > 1:  # each process takes its slice of every global batch (not a DistributedSampler:
                 share = cfg.batch_size // self.world_size  # the step sequence stays that of one process, resume exact)
                 batches = [b[self.rank * share : (self.rank + 1) * share] for b in batches]

@@ -98,6 +98,10 @@ def test_epoch_batches_are_fixed_by_seed_and_epoch():
     assert epoch_batches(10, 3, 0, 1) == epoch_batches(10, 3, 0, 1)
     assert epoch_batches(10, 3, 0, 1) != epoch_batches(10, 3, 0, 2)
     assert len(epoch_batches(10, 3, 0, 1)) == 3  # the last partial batch is dropped
+    assert epoch_batches(10, 3, 0, 1, size=10) == epoch_batches(10, 3, 0, 1)  # a full epoch: unchanged
+    # short epochs (dataset_len 4 of 10 items) walk through the dataset: epochs 1, 2, 3 take 0-3, 4-7, 8-9+0-1
+    seen = [sorted(i for b in epoch_batches(4, 1, 0, e, size=10) for i in b) for e in (1, 2, 3)]
+    assert seen == [[0, 1, 2, 3], [4, 5, 6, 7], [0, 1, 8, 9]]
 
 
 def test_run_folder_and_checkpoint_contents(stripes, tmp_path):
