@@ -6,7 +6,7 @@
     args = p.parse_args(argv)
     cfg = config.preset(args.preset, **overrides_from_args(args))
 
-Each option's help is the comment written beside its field in cutlib/config.py (read from the
+Each option's help is the comment written beside its field in cutlib/config/fields.py (read from the
 source with tokenize, so it never drifts from the code), its type and its default; the options are
 grouped by the ``# --- section`` comments of the dataclass. Values stay strings: cutlib.config.override
 parses and checks them, with the same messages as for Python callers. ConfigParser refuses

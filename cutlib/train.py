@@ -72,13 +72,9 @@ def make_schedulers(model, cfg: TrainConfig) -> dict:
 
 def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, size: int = 0) -> list[list[int]]:
     """The shuffled order of an epoch as batches of indices, fixed by (seed, epoch); last partial dropped.
-
-    ``size``: the dataset's length when an epoch is shorter (``n < size``, a set ``dataset_len``): epoch e
-    then takes the items (e - 1) * n ... e * n - 1 (mod size), so successive short epochs walk through
-    the whole dataset instead of seeing its first n items again and again."""
+    Epochs shorter than the dataset (n < size) take items (e-1)*n ... e*n-1 mod size: they walk through it."""
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch)).tolist()
-    if 0 < n < size:
-        order = [(i + (epoch - 1) * n) % size for i in order]
+    order = [(i + (epoch - 1) * n) % size for i in order] if 0 < n < size else order
     return [order[i : i + batch_size] for i in range(0, n - batch_size + 1, batch_size)]
 
 
@@ -238,8 +234,7 @@ class Trainer:
 
         cfg = self.cfg
         self._trim_log()
-        # the "before" picture is drawn now but written with the first step's outputs: a run that fails
-        # before its first step is done (a setting that breaks the step) leaves nothing behind
+        # the "before" picture is drawn now, written with the first step's outputs: a failing first step leaves nothing
         before = self.translate_samples() if self.step == 0 and self.is_main else None
         start = time.perf_counter()
         bar = tqdm(total=self.total_steps(), initial=self.step, disable=not (self.progress and self.is_main), desc=f"{cfg.model} {cfg.dataset}", unit="it")

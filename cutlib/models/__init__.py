@@ -38,5 +38,5 @@ def build_model(cfg: TrainConfig, device: torch.device | str = "cpu") -> nn.Modu
     return model_class(cfg.model)(cfg, device)
 
 
-__all__ = ["MODELS", "CUTModel", "CycleGANModel", "DCLGANModel", "SinCUTModel", "build_model", "model_class"]
-__all__ = ["MODELS", "CUTModel", "CycleGANModel", "SinCUTModel", "SwappingAutoencoderModel", "build_model", "model_class"]
+__all__ = ["MODELS", "CUTModel", "CycleGANModel", "DCLGANModel", "SinCUTModel", "SwappingAutoencoderModel", "build_model",
+           "model_class"]
