@@ -43,7 +43,8 @@ from cutlib.metrics import (
 )
 from cutlib.inception import InceptionExtractor
 from cutlib.photos import PhotoClassifier, load_photo_classifier, translation_scores
-from cutlib.runs import CHECKPOINT, EPOCHS_DIR, EVAL_FILE, load_checkpoint, load_run
+from cutlib.runs import CHECKPOINT, EPOCHS_DIR, EVAL_FILE, load_checkpoint, load_run, snapshot_networks
+from cutlib.swaps import evaluate_swaps, swap_data
 
 EXTRACTORS = ("builtin", "inception", "random")
 
@@ -68,17 +69,39 @@ METRICS = {  # name: (better, what)
     "structure": ("higher", "SSIM of the blurred grey input and output (1: layout kept; real photos)"),
     "target_rate_inputs": (None, "fraction of the untranslated inputs the photo classifier assigns to B (its false alarms)"),
     "kid_inputs": (None, "KID of the untranslated inputs against real B, same features: a translation towards B is below it"),
+    **{f"swap_{k}{d}": v for d, (a, b) in {"": ("A", "B"), "_BA": ("B", "A")}.items() for k, v in {
+        "structure_iou": ("higher", f"swap {a} structure + {b} texture: IoU of its animal with the structure source's mask"),
+        "texture_score": ("higher", f"swap {a} structure + {b} texture: probability of {b}'s coat over the animal"),
+        "hybrid_l1": ("lower", f"swap {a} structure + {b} texture: mean |output - the renderer's true hybrid|")}.items()},
+    "rec_l1": ("lower", "mean |G(E(x)) - x| of the reconstructions of both domains, pixels in [0, 1]"),
+    "rec_psnr": ("higher", "PSNR (dB) of the reconstructions G(E(x)) of both domains"),
 }
 PHOTO_NOTE = ("photo evaluator: a small A-vs-B classifier trained here on the dataset's training photos; its FID/KID "
               "are in its own features and are NOT comparable with published (Inception) FIDs")
 
 
 @torch.no_grad()
-def translate_images(model, inputs: Tensor, batch_size: int = 16) -> Tensor:
-    """G(x) for inputs (N, 3, S, S) in [0, 1] -> outputs in [0, 1], rounded to 8 bits as if saved as PNG files."""
+def translate_images(model, inputs: Tensor, textures: Tensor | None = None, batch_size: int = 16) -> Tensor:
+    """G(x) for inputs (N, 3, S, S) in [0, 1] -> outputs in [0, 1], rounded to 8 bits as if saved as PNG files.
+    ``textures`` (M, 3, S, S): swap instead (model.swap): input i keeps its structure and wears the texture
+    of textures[i mod M] (the Swapping Autoencoder's translation)."""
     device = next(model.G.parameters()).device
-    outs = [model.translate(b.to(device) * 2 - 1).float().cpu() for b in inputs.split(batch_size)]
+    if textures is None:
+        outs = [model.translate(b.to(device) * 2 - 1).float().cpu() for b in inputs.split(batch_size)]
+    else:
+        textures = textures[torch.arange(len(inputs)) % len(textures)]  # (N, 3, S, S)
+        outs = [model.swap(s.to(device) * 2 - 1, t.to(device) * 2 - 1).float().cpu()
+                for s, t in zip(inputs.split(batch_size), textures.split(batch_size))]
     return to_uint8(torch.cat(outs)).float() / 255
+
+
+def swap_metrics(model, swaps: dict, evaluator: BuiltinEvaluator) -> dict:
+    """The Swapping Autoencoder's scores against the ground truth (cutlib.swaps): A's structure with B's coat
+    (swap_*), B's structure with A's coat (swap_*_BA), and the reconstructions (rec_l1, rec_psnr)."""
+    scores = evaluate_swaps(model, swaps, evaluator)
+    out = {f"swap_{k}": v for k, v in scores["AB"].items()}
+    out.update({f"swap_{k}_BA": v for k, v in scores["BA"].items()})
+    return {**out, **scores["reconstruction"]}
 
 
 def translate_run(run_dir: str | Path, split: str = "test", device: str | None = None) -> dict:
@@ -176,7 +199,8 @@ def evaluate_run(run_dir: str | Path, split: str = "test", extractor: str = "bui
     checkpoints = run_checkpoints(run_dir, epochs)  # (fails first if there is no run)
     check_writable(run_dir)  # a read-only run folder fails here, not after all the work
     cfg, model = load_run(run_dir, device=device)
-    final_G = {k: v.clone() for k, v in model.G.state_dict().items()}  # snapshots overwrite model.G below
+    nets = snapshot_networks(model)  # G (the Swapping Autoencoder: E and G); snapshots overwrite them below
+    final_nets = {name: {k: v.clone() for k, v in getattr(model, name).state_dict().items()} for name in nets}
     if cfg.model == "sincut":
         raise ValueError(f"{run_dir} is a SinCUT run (one image per domain): FID/KID over a test set do not apply; "
                          "evaluate unpaired runs (cut, fastcut, cyclegan)")
@@ -210,12 +234,16 @@ def evaluate_run(run_dir: str | Path, split: str = "test", extractor: str = "bui
             inputs_scores["kid_inputs"] = kid(real_features, image_features(data["inputs"], features_of), num_subsets=100,
                                               subset_size=kid_subset, seed=seed)[0]
         inputs_scores["target_rate_inputs"] = float((photo.prob_b(data["inputs"]) >= 0.5).float().mean())
+    swapping = hasattr(model, "swap")
+    swaps = swap_data(dataset_dir, n=min(64, len(data["inputs"])), size=size) if swapping and benchmark == "stripes" else None
     results = []
     for item in tqdm(checkpoints, disable=not progress, desc=f"evaluating {run_dir.name}"):
-        snapshot = final_G if item["final"] else load_checkpoint(run_dir / item["checkpoint"], device)["G"]
-        model.G.load_state_dict(snapshot)
+        snapshot = final_nets if item["final"] else load_checkpoint(run_dir / item["checkpoint"], device)
+        for name in nets:
+            getattr(model, name).load_state_dict(snapshot[name])
         model.eval()
-        outputs = translate_images(model, data["inputs"])
+        # A -> B: G(x); the Swapping Autoencoder's: the structure of each input with the texture of a real B image
+        outputs = translate_images(model, data["inputs"], data["real"] if swapping else None)
         fake_features = image_features(outputs, features_of)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FewImagesWarning)  # said once above
@@ -224,6 +252,8 @@ def evaluate_run(run_dir: str | Path, split: str = "test", extractor: str = "bui
         metrics.update(benchmark_scores(benchmark, evaluator, outputs, data))
         if photo is not None:
             metrics.update(translation_scores(photo, outputs, data["inputs"]), **inputs_scores)
+        if swapping and benchmark == "stripes":  # swaps both ways against the renderer's true hybrids
+            metrics.update(swap_metrics(model, swaps, evaluator))
         results.append({**item, "metrics": metrics})
 
     final = next(r for r in results if r["final"])

@@ -6,7 +6,8 @@ Nothing here trains (cutlib.train writes runs; this module only reads them and w
                          schedulers, RNG states, step, epoch, config; written atomically
     RUN/metrics.jsonl    one line per logged step
     RUN/samples/         image grids (input | output) of fixed test images; step000000.png is "before"
-    RUN/epochs/          generator snapshots every save_epoch_freq epochs (to evaluate best vs final)
+    RUN/epochs/          generator snapshots every save_epoch_freq epochs (to evaluate best vs final;
+                         G, or every network snapshot_networks names: the Swapping Autoencoder's E and G)
     RUN/eval.json        written by python -m cutlib evaluate
 """
 
@@ -187,6 +188,11 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu"):
         net.load_state_dict(saved[name])
     model.eval()
     return cfg, model
+
+
+def snapshot_networks(model) -> tuple[str, ...]:
+    """The networks an epoch snapshot keeps: what translating needs (G; the Swapping Autoencoder's E and G)."""
+    return tuple(getattr(model, "snapshot_networks", ("G",)))
 
 
 def planned_steps(cfg: TrainConfig, epoch_len: int) -> int:

@@ -30,7 +30,7 @@ from cutlib.files import FolderBusy, append_text, check_folder_path, describe_os
 from cutlib.models import build_model
 from cutlib.runs import (CHECKPOINT, CONFIG_FILE, EPOCHS_DIR, METRICS_FILE, SAMPLES_DIR, check_preset, load_checkpoint,
                          load_run, planned_steps, resumed_config, rng_state, run_progress, save_checkpoint, saved_config,
-                         set_rng_state, trim_metrics)
+                         set_rng_state, snapshot_networks, trim_metrics)
 from cutlib.viz import save_grid
 
 LOCK_FILE = ".lock"  # held by the training that writes the run folder (pid and host inside)
@@ -218,8 +218,7 @@ class Trainer:
 
     @property
     def epoch_len(self) -> int:
-        """Items per epoch: cfg.dataset_len when set (short CPU runs with several epochs), else the dataset's
-        length, max(|A|, |B|). Indices past the dataset wrap around for A (A is file i mod |A|)."""
+        """Items per epoch: cfg.dataset_len when set (short CPU runs with several epochs), else max(|A|, |B|)."""
         return self.cfg.dataset_len or len(self.dataset)
 
     def total_steps(self) -> int:
@@ -291,7 +290,8 @@ class Trainer:
         cfg = self.cfg
         if self.is_main and cfg.save_epoch_freq and (self.epoch % cfg.save_epoch_freq == 0 or self.epoch == self.total_epochs):
             (self.out / EPOCHS_DIR).mkdir(exist_ok=True)
-            save_checkpoint({"epoch": self.epoch, "step": self.step, "G": unwrap(self.model.G).state_dict(), "config": cfg.to_dict()},
+            nets = {name: unwrap(getattr(self.model, name)).state_dict() for name in snapshot_networks(self.model)}
+            save_checkpoint({"epoch": self.epoch, "step": self.step, **nets, "config": cfg.to_dict()},
                             self.out / EPOCHS_DIR / f"G_epoch{self.epoch:03d}.pt")
         for sched in self.schedulers.values():
             sched.step()

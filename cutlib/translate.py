@@ -99,11 +99,12 @@ def _translate_tiled(G: nn.Module, x: Tensor, tile: int, overlap: int) -> Tensor
 
 
 @torch.no_grad()
-def translate_image(G: nn.Module, image: Tensor, multiple: int = 4, tile: int | None = None, overlap: int = 32,
+def translate_image(G: nn.Module, image: Tensor, multiple: int | None = None, tile: int | None = None, overlap: int = 32,
                     max_memory: float | None | str = "auto") -> Tensor:
     """G(image) for an image of any size: (C, H, W) or (B, C, H, W) in [-1, 1] -> the same shape.
 
-    The image is reflect-padded to a multiple of ``multiple`` and the output cropped back.
+    The image is reflect-padded to a multiple of ``multiple`` (None: G.multiple if it has one, else 4) and the
+    output cropped back.
     ``tile``: translate overlapping ``tile`` x ``tile`` tiles one at a time (for images too big for
     memory) and blend them linearly over ``overlap`` pixels. Tiling is exact when one tile covers the
     image, and only approximate otherwise: a tile's border sees padding instead of its neighbours, and
@@ -116,6 +117,7 @@ def translate_image(G: nn.Module, image: Tensor, multiple: int = 4, tile: int | 
     if not isinstance(image, Tensor) or image.dim() not in (3, 4):
         got = tuple(image.shape) if isinstance(image, Tensor) else type(image).__name__
         raise ValueError(f"image must be a (C, H, W) or (B, C, H, W) tensor in [-1, 1], got {got}")
+    multiple = multiple or getattr(G, "multiple", 4)
     if tile is not None:
         _check_tiling(tile, overlap, multiple)
     single = image.dim() == 3
@@ -182,8 +184,19 @@ def load_generator(checkpoint: str | Path, device: str | torch.device = "cpu") -
                               f"or the authors' {REFERENCE_FILE}") from err
     if isinstance(state, Mapping) and "G" in state and "config" in state:  # ours: checkpoint or epoch snapshot
         cfg = C.from_dict(state["config"])
-        G = build_generator(cfg)
-        G.load_state_dict(state["G"])
+        if cfg.model == "swapae":  # E and G: x -> G(E(x)), or another image's texture (SwapTranslator.set_texture)
+            from cutlib.models.swapae import Encoder, Generator, SwapTranslator
+
+            if "E" not in state:
+                raise ValueError(f"{path} holds a Swapping Autoencoder's G without its encoder E (a snapshot of an older "
+                                 f"cutlib): translate with the run's {CHECKPOINT} instead")
+            E, G = Encoder(cfg.ngf, cfg.structure_nc, cfg.texture_nc, cfg.input_nc), Generator(cfg.ngf, cfg.structure_nc, cfg.texture_nc, cfg.output_nc)
+            E.load_state_dict(state["E"])
+            G.load_state_dict(state["G"])
+            G = SwapTranslator(E, G, cfg.crop_size, cfg.input_nc)
+        else:
+            G = build_generator(cfg)
+            G.load_state_dict(state["G"])
     elif isinstance(state, Mapping) and any(str(k).removeprefix("module.").startswith("model.") for k in state):
         G = load_reference_generator(state)  # the authors' key layout model.<index>.<...>
     else:
@@ -298,6 +311,9 @@ def cli(argv: list[str]) -> int:
     p.add_argument("--load-size", type=int, default=None,
                    help="resize every input to this square size first, as the reference's test (default: keep each image's size)")
     p.add_argument("--format", choices=("png", "same"), default="png", help="png (default) or the input's own extension")
+    p.add_argument("--texture", default=None, metavar="IMAGE",
+                   help="Swapping Autoencoder runs: every input keeps its structure and takes this image's texture "
+                        "(default: its own, i.e. the reconstruction)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
     try:
@@ -306,6 +322,12 @@ def cli(argv: list[str]) -> int:
         device = resolve_device(args.device)  # a bad device or --output fails before the checkpoint is read
         check_output(Path(args.input), Path(args.output))
         G = load_generator(args.checkpoint, device)
+        if args.texture is not None:
+            if not hasattr(G, "set_texture"):
+                raise ValueError(f"--texture applies to Swapping Autoencoder runs only; {args.checkpoint} holds a generator G(x)")
+            from cutlib.data import ImageFolder
+
+            G.set_texture(ImageFolder(args.texture, input_nc=G.input_nc)[0]["image"])
         written = translate_folder(G, args.input, args.output, args.load_size, args.tile, args.overlap,
                                    keep_extension=args.format == "same", progress=not args.no_progress,
                                    max_memory="auto" if args.max_memory is None else args.max_memory * 1e9)

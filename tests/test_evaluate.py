@@ -414,3 +414,83 @@ def test_evaluate_run_rejects_bad_arguments(tiny_run, tmp_path):
     with pytest.raises(ValueError, match="best_by"):
         evaluate_run(tiny_run, best_by="animal_fraction")
     assert main(["evaluate", str(tmp_path / "empty")]) == 1
+
+
+# ---------------------------------------------------------------- the Swapping Autoencoder's runs
+SWAPAE = dict(load_size=40, crop_size=32, ngf=4, ndf=4, texture_nc=16, structure_nc=4, cooc_crops=2, batch_size=2,
+              n_epochs=2, n_epochs_decay=0, dataset_len=8, save_epoch_freq=1, device="cpu", log_every=1, num_samples=2)
+
+
+@pytest.fixture(scope="module")
+def swapae_run(stripes, tmp_path_factory):
+    """2 epochs of 4 steps: a snapshot after epoch 1 (step 4) and the final checkpoint (step 8)."""
+    out = tmp_path_factory.mktemp("runs") / "swapae"
+    train(C.preset("swapping_autoencoder", dataset=str(stripes), **SWAPAE), out, progress=False)
+    return out
+
+
+def test_swapae_snapshots_keep_the_encoder_and_evaluate_reports_swaps_against_the_truth(swapae_run, stripes, stripes_evaluator):
+    from cutlib.evaluate import swap_metrics
+    from cutlib.runs import load_checkpoint
+    from cutlib.swaps import swap_data
+
+    snap = load_checkpoint(swapae_run / "epochs" / "G_epoch001.pt")
+    assert {"E", "G", "config", "step"} <= set(snap) and snap["step"] == 4
+    report = evaluate_run(swapae_run, device="cpu")
+    assert [(e["checkpoint"], e["step"]) for e in report["epochs"]] == [("epochs/G_epoch001.pt", 4), ("checkpoint.pt", 8)]
+    metrics = report["final"]["metrics"]
+    swap_keys = {"swap_structure_iou", "swap_texture_score", "swap_hybrid_l1", "swap_structure_iou_BA",
+                 "swap_texture_score_BA", "swap_hybrid_l1_BA", "rec_l1", "rec_psnr"}
+    assert swap_keys | {"fid", "preservation_iou", "stripe_score"} <= set(metrics) == set(report["metric_info"])
+
+    # recomputed by hand for each entry: the translation is A's structure with the texture of B's test image i
+    _, model = load_run(swapae_run)
+    data = load_split(stripes, "test", SIZE)
+    swaps = swap_data(stripes, n=16, size=SIZE)
+    for entry, state in zip(report["epochs"], [snap, None]):
+        if state is not None:
+            model.E.load_state_dict(state["E"])
+            model.G.load_state_dict(state["G"])
+        else:
+            _, model = load_run(swapae_run)
+        with torch.no_grad():
+            fake = model.swap(data["inputs"] * 2 - 1, data["real"] * 2 - 1)
+        outputs = (((fake.clamp(-1, 1) + 1) * 127.5).round() / 255)
+        expected = stripes_scores(stripes_evaluator, outputs, data["inputs"], data["input_labels"], data["targets"], data["real_labels"])
+        expected.update(swap_metrics(model, swaps, stripes_evaluator))
+        for key, value in expected.items():
+            assert entry["metrics"][key] == pytest.approx(value, rel=1e-4, abs=1e-5), (entry["checkpoint"], key)
+    assert report["epochs"][0]["metrics"]["rec_l1"] != report["epochs"][1]["metrics"]["rec_l1"]  # E and G of epoch 1 were used
+
+
+def test_swapae_translates_from_the_command_line_with_its_own_or_another_images_texture(swapae_run, tiny_run, stripes, tmp_path, capsys):
+    from cutlib.data import ImageFolder
+    from cutlib.models.swapae import SwapTranslator
+    from cutlib.translate import load_generator, translate_image
+
+    _, model = load_run(swapae_run)
+    G = load_generator(swapae_run)
+    assert isinstance(G, SwapTranslator) and G.multiple == 16
+    x = ImageFolder(stripes / "testA" / "00000.png")[0]["image"]  # (3, 40, 40): padded to 48 and cropped back
+    with torch.no_grad():
+        padded = torch.nn.functional.pad(x[None], (0, 8, 0, 8), mode="reflect")
+        assert torch.allclose(translate_image(G, x), model.G(*model.E(padded))[0, :, :40, :40], atol=1e-6)  # reconstruction
+        texture = ImageFolder(stripes / "testB" / "00001.png")[0]["image"]
+        G.set_texture(texture)
+        seen = torch.nn.functional.interpolate(texture[None], size=(32, 32), mode="bilinear", antialias=True, align_corners=False)
+        want = model.G(model.E(padded)[0], model.E(seen)[1])[0, :, :40, :40]
+        assert torch.allclose(translate_image(G, x), want, atol=1e-6)  # A's structure, B's texture
+
+    out = tmp_path / "out"
+    assert main(["translate", "--checkpoint", str(swapae_run), "--input", str(stripes / "testA" / "00000.png"),
+                 "--output", str(out), "--texture", str(stripes / "testB" / "00001.png"), "--device", "cpu",
+                 "--no-progress"]) == 0
+    assert (out / "00000.png").is_file()
+    assert main(["translate", "--checkpoint", str(tiny_run), "--input", str(stripes / "testA" / "00000.png"),
+                 "--output", str(tmp_path / "cut"), "--texture", str(stripes / "testB" / "00001.png"), "--device", "cpu"]) == 1
+    assert "--texture applies to Swapping Autoencoder runs only" in capsys.readouterr().err
+    snap = torch.load(swapae_run / "epochs" / "G_epoch001.pt", weights_only=False)
+    old = tmp_path / "old_snapshot.pt"
+    torch.save({k: v for k, v in snap.items() if k != "E"}, old)
+    with pytest.raises(ValueError, match="without its encoder E"):
+        load_generator(old)

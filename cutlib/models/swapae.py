@@ -149,6 +149,30 @@ class Generator(nn.Module):
         return self.to_rgb(h, texture) + self.rgb_bias
 
 
+class SwapTranslator(nn.Module):
+    """E and G as one image-to-image module, for cutlib.translate: x -> G(z_s(x), z_t) where z_t is the
+    texture code of a reference image once ``set_texture`` is called, else x's own (the reconstruction).
+    Inputs are padded to a multiple of 16 (the texture branch halves the side four times)."""
+
+    multiple = 16
+
+    def __init__(self, E: Encoder, G: Generator, crop_size: int, input_nc: int = 3):
+        super().__init__()
+        self.E, self.G, self.crop_size, self.input_nc = E, G, crop_size, input_nc
+        self.texture: Tensor | None = None
+
+    @torch.no_grad()
+    def set_texture(self, image: Tensor) -> None:
+        """Take the texture code of ``image`` (C, H, W) in [-1, 1], seen at the training crop size."""
+        x = F.interpolate(image[None].to(self.G.rgb_bias.device), size=(self.crop_size,) * 2, mode="bilinear",
+                          antialias=True, align_corners=False)
+        self.texture = self.E(x)[1]  # (1, Ct)
+
+    def forward(self, x: Tensor) -> Tensor:
+        structure, texture = self.E(x)
+        return self.G(structure, texture if self.texture is None else self.texture.expand(len(x), -1))
+
+
 # ---------------------------------------------------------------------------------------------- D_patch
 def crops_at(images: Tensor, scale: Tensor, offset: Tensor, flip: Tensor, size: int) -> Tensor:
     """Crops of images (N, C, H, W): for every (image n, crop t) the window centred at offset[n, t]
@@ -268,6 +292,7 @@ class SwappingAutoencoderModel(nn.Module):
         self.counter = StepCounter()  # D updates so far, for lazy R1: checkpointed with the networks
 
     ddp_networks = ("E", "G", "D", "D_patch")
+    snapshot_networks = ("E", "G")  # what an epoch snapshot keeps: a swap needs both
 
     def check_distributed(self) -> None:
         """Every configuration trains on several processes (each swaps within its share of the batch)."""
