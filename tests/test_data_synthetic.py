@@ -52,7 +52,7 @@ def test_layout_counts_and_meta(name, request):
         assert _load(images[0]).shape == (64, 64, 3) and _load(labels[0]).shape == (64, 64)
     meta = json.loads((root / "meta.json").read_text())
     assert meta["name"] == name and meta["size"] == 64 and meta["seed"] == 0
-    assert meta["n_train"] == 40 and meta["generator_version"] == synthetic.GENERATOR_VERSION
+    assert meta["n_train"] == 40 and meta["generator_version"] == synthetic.generator_version(name)
     assert len(meta["classes"]) == len(meta["palette"])
     ds = UnpairedImageFolder(root, load_size=72, crop_size=64)
     assert len(ds) == 40 and ds[0]["A"].shape == (3, 64, 64)

@@ -26,7 +26,7 @@ class TrainConfig:
     """
 
     # --- what is trained
-    model: Literal["cut", "cyclegan", "sincut", "dclgan", "swapae"] = "cut"  # objective class in cutlib.models
+    model: Literal["cut", "cyclegan", "sincut", "dclgan", "swapae", "spade"] = "cut"  # objective class in cutlib.models
     dataset: str = "stripes"  # built-in name, catalog name (downloaded) or a folder path
     # --- networks (reference page sections 3, 4)
     netG: Literal["resnet", "stylegan2"] = "resnet"  # generator: CycleGAN's ResNet (CUT) or StyleGAN2's (SinCUT)
@@ -40,7 +40,7 @@ class TrainConfig:
     antialias: bool = True  # blur down/upsampling (the reference default) vs strided convs
     init_gain: float = 0.02  # xavier-normal gain
     # --- the objective (reference page sections 1, 5, 6)
-    gan_mode: Literal["lsgan", "nonsaturating"] = "lsgan"  # GAN loss: least squares (CUT) or non-saturating (SinCUT)
+    gan_mode: Literal["lsgan", "nonsaturating", "hinge"] = "lsgan"  # GAN loss: least squares (CUT), non-saturating (SinCUT) or hinge (SPADE)
     lambda_gan: float = 1.0  # weight of the GAN loss
     lambda_nce: float = 1.0  # weight of PatchNCE (CUT 1, FastCUT 10)
     nce_idt: bool = True  # the identity term PatchNCE(y, G(y))
@@ -83,6 +83,14 @@ class TrainConfig:
     cooc_min_scale: float = 0.125  # smallest crop side, as a fraction of the image side
     cooc_max_scale: float = 0.25  # largest crop side, as a fraction of the image side
     cooc_size: int = 0  # crops are resized to this many pixels (0: a quarter of crop_size, as the thesis)
+    # --- SPADE (model spade; cutlib/models/spade.py)
+    paired: bool = False  # each item's B is the photo of A's own layout ({phase}A_target/, same crop and flip): SPADE
+    lambda_feat: float = 10.0  # weight of the GAN feature-matching loss (SPADE: 10)
+    lr_D: float = 0.0  # the discriminator's learning rate (0: lr; SPADE's TTUR: 4e-4 beside lr 1e-4)
+    num_D: int = 2  # SPADE: discriminators on the image at full, half, ... resolution (multiscale, 2)
+    num_upsampling: int = 5  # SPADE: the generator starts at crop_size / 2**num_upsampling and doubles that often
+    spade_nhidden: int = 128  # SPADE: width of the conv net mapping the label map to gamma and beta
+    spade_norm: Literal["batch", "instance"] = "batch"  # SPADE: the parameter-free normalisation before the modulation
     # --- optimisation
     lr: float = 2e-4  # the paper's appendix says 0.002; the authors ran 2e-4 (paper vs code)
     beta1: float = 0.5  # Adam beta1
@@ -225,6 +233,7 @@ def validate(cfg: TrainConfig) -> None:
     if not cfg.nce_layers:
         problems.append("nce_layers must name at least one encoder tap")
     problems += _followup_problems(cfg)
+    problems += _spade_problems(cfg)
     if problems:
         raise ValueError("invalid TrainConfig: " + "; ".join(problems))
 
@@ -243,6 +252,27 @@ def _followup_problems(cfg: TrainConfig) -> list[str]:
                             "share_encoder=True only: reset the follow-up fields or these ablations")
     if cfg.model == "dclgan" and cfg.netG != "resnet":
         problems.append("model='dclgan' needs netG='resnet' (two ResNet generators)")
+    return problems
+
+
+def _spade_problems(cfg: TrainConfig) -> list[str]:
+    """What SPADE's fields (hinge loss, paired data, lr_D, the generator's start size) cannot be combined with."""
+    problems = [f"{name} must be at least 1, got {getattr(cfg, name)}" for name in ("num_D", "spade_nhidden")
+                if getattr(cfg, name) < 1]
+    if cfg.lr_D < 0 or cfg.lambda_feat < 0:
+        problems.append(f"lr_D and lambda_feat must be >= 0, got {cfg.lr_D} and {cfg.lambda_feat}")
+    if cfg.gan_mode == "hinge" and cfg.model != "spade":
+        problems.append("gan_mode='hinge' is SPADE's loss (model='spade'); the other models use lsgan or nonsaturating")
+    if cfg.paired and cfg.model in ("sincut", "swapae"):
+        problems.append(f"paired=True gives aligned pairs of a folder dataset; model={cfg.model!r} reads its data otherwise")
+    if cfg.model == "spade":
+        side = cfg.crop_size // 2 ** max(cfg.num_upsampling, 0)
+        if not 1 <= cfg.num_upsampling <= 8 or cfg.crop_size % 2**cfg.num_upsampling or side < 2:
+            problems.append(f"SPADE's generator starts at crop_size / 2**num_upsampling, which must be a whole number of at "
+                            f"least 2 pixels (1 <= num_upsampling <= 8): crop_size {cfg.crop_size}, num_upsampling "
+                            f"{cfg.num_upsampling}; lower --num-upsampling")
+        if not cfg.paired:
+            problems.append("model='spade' learns from aligned pairs: set paired=True (--paired true; start from --preset spade)")
     return problems
 
 

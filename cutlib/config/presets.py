@@ -88,6 +88,20 @@ def SwappingAutoencoder(**overrides) -> TrainConfig:
     return override(base, **overrides)
 
 
+def SPADE(**overrides) -> TrainConfig:
+    """SPADE (Park et al. CVPR 2019; thesis ch. 2; cutlib/models/spade.py): paired label maps -> photos (the
+    built-in city), a SPADE generator from a 1/32 start, two-scale PatchGAN (depth 4) on (labels, image),
+    hinge GAN + feature matching x10, TTUR: Adam lr 1e-4 for G and 4e-4 for D, betas (0, 0.999) as the
+    thesis (the authors' code: 0.9), batch 1, 50 epochs at a constant rate (the code's default). No VGG
+    loss (its weights are not available offline) and no VAE encoder."""
+    base = TrainConfig(model="spade", dataset="city", paired=True, gan_mode="hinge", lambda_gan=1.0, lambda_feat=10.0,
+                       lr=1e-4, lr_D=4e-4, beta1=0.0, beta2=0.999, n_layers_D=4, num_D=2, num_upsampling=5,
+                       spade_nhidden=128, spade_norm="batch", batch_size=1, n_epochs=50, n_epochs_decay=0,
+                       decay_no_jitter=False, pool_size=0, nce_idt=False)
+    return override(base, **overrides)
+
+
+
 def Laptop(**overrides) -> TrainConfig:
     """CUT's objective (GAN + PatchNCE with its identity term) for real photos on one CPU thread in under
     40 minutes (experiments/laptop/README.md: every configuration tried): 64 px, a narrow generator
@@ -100,7 +114,7 @@ def Laptop(**overrides) -> TrainConfig:
 
 PRESETS = {"cut": CUT, "fastcut": FastCUT, "cyclegan": CycleGAN, "sincut": SinCUT,
            "hneg_src": HnegSRC, "monce": MoNCE, "qsattn": QSAttn, "dclgan": DCLGAN,
-           "swapping_autoencoder": SwappingAutoencoder, "laptop": Laptop}
+           "swapping_autoencoder": SwappingAutoencoder, "laptop": Laptop, "spade": SPADE}
 
 
 # The course's laptop scale: 64 px crops of the built-in data, narrow networks, six residual blocks.

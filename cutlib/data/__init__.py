@@ -7,21 +7,23 @@
 from cutlib.data.catalog import get_entry, load_catalog, resolve_dataset
 from cutlib.data.cityscapes import prepare_cityscapes
 from cutlib.data.download import download_archive, download_dataset
-from cutlib.data.folders import ImageFolder, SingleImagePair, UnpairedImageFolder, check_batch_size
+from cutlib.data.folders import ImageFolder, PairedImageFolder, SingleImagePair, UnpairedImageFolder, check_batch_size
 from cutlib.images import list_images, load_image
 from cutlib.data.synthetic import BUILTIN, make_dataset
 
 
 def load_dataset(cfg, phase: str = "train"):
     """The dataset a TrainConfig names (cfg.dataset: built-in name, catalog name or folder), as the
-    trainer reads it: SingleImagePair for SinCUT, else UnpairedImageFolder of ``phase``."""
+    trainer reads it: SingleImagePair for SinCUT, PairedImageFolder when cfg.paired (SPADE), else
+    UnpairedImageFolder of ``phase``."""
     import torch
 
     root = resolve_dataset(cfg.dataset, size=cfg.load_size)  # built-in sets are drawn at the load size
     if cfg.model == "sincut":  # one image per domain: random zoom + 64x64 tiles (book/reference.md section 7)
         return SingleImagePair(root, crop_size=cfg.crop_size, flip=cfg.flip, length=cfg.dataset_len or 100_000,
                                generator=torch.Generator().manual_seed(cfg.seed))
-    return UnpairedImageFolder(
+    folder = PairedImageFolder if cfg.paired else UnpairedImageFolder  # paired: B is A's own target (SPADE)
+    return folder(
         root, phase=phase, load_size=cfg.load_size, crop_size=cfg.crop_size, flip=cfg.flip and phase == "train",
         input_nc=cfg.input_nc, generator=torch.Generator().manual_seed(cfg.seed),
     )
@@ -42,6 +44,7 @@ def sample_images(cfg, n: int):
 __all__ = [
     "BUILTIN",
     "ImageFolder",
+    "PairedImageFolder",
     "SingleImagePair",
     "UnpairedImageFolder",
     "check_batch_size",

@@ -1,7 +1,8 @@
 """The built-in ``city`` dataset, the Cityscapes labels->photo analogue (paper Table 1): colour
 label maps (A) and rendered street photos of other layouts (B), in Cityscapes' 19 train ids.
-Ground truth: the label map of every image, and for every test label map the photo of that very
-layout (``testA_target``).
+Ground truth: the label map of every image, and for every label map the photo of that very layout
+(``testA_target``; ``trainA_target`` for paired training, SPADE: cutlib/models/spade.py). The unpaired
+methods never read ``trainA_target``.
 """
 
 from __future__ import annotations
@@ -198,6 +199,8 @@ def write(out: Path, size: int, n_train: int, n_test: int, seed: int) -> dict:
             files.update(_target=_city_photo(scene, rng), _target_labels=scene.labels)
         elif split.endswith("B"):
             files[""] = _city_photo(scene, rng)
+        else:  # trainA: the paired target (SPADE). Rendered after every draw the other files take from rng,
+            files.update(_target=_city_photo(scene, rng), _target_labels=scene.labels)  # so their bytes are unchanged
         return files
 
     write_splits(out, n_train, n_test, seed, draw)
@@ -208,4 +211,5 @@ def write(out: Path, size: int, n_train: int, n_test: int, seed: int) -> dict:
         "classes_used": CITY_USED,
         "labels": "X_labels/NAME.png: uint8 Cityscapes train id per pixel (0 road ... 18 bicycle)",
         "target": "testA_target/NAME.png: the photo of the layout drawn in testA/NAME.png",
+        "paired_target": "trainA_target/NAME.png: the photo of the layout drawn in trainA/NAME.png (paired training, SPADE)",
     }

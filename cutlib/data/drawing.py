@@ -50,7 +50,8 @@ def save_png(array: np.ndarray, path: Path) -> None:
 
 def write_splits(out: Path, n_train: int, n_test: int, seed: int, draw) -> None:
     """Write every split of the unaligned layout and its ground truth. ``draw(rng, split)`` returns one
-    scene as {folder suffix: uint8 array}: "" the image, "_labels", and for testA "_target", "_target_labels"."""
+    scene as {folder suffix: uint8 array}: "" the image, "_labels", and for testA "_target", "_target_labels"
+    (a writer may add such folders to other splits: city's trainA_target)."""
     counts = {"trainA": n_train, "trainB": n_train, "testA": n_test, "testB": n_test}
     for split, n in counts.items():
         folders = [split, split + "_labels"] + (["testA_target", "testA_target_labels"] if split == "testA" else [])
@@ -59,4 +60,5 @@ def write_splits(out: Path, n_train: int, n_test: int, seed: int, draw) -> None:
         for i in range(n):
             rng = np.random.default_rng([seed, SPLITS[split], i])  # one stream per image: same seed, same bytes
             for suffix, array in draw(rng, split).items():
+                (out / f"{split}{suffix}").mkdir(exist_ok=True)  # a writer's extra folders (city: trainA_target)
                 save_png(array, out / f"{split}{suffix}" / f"{i:05d}.png")

@@ -1,4 +1,5 @@
-"""Image-folder datasets: unpaired A/B folders (CUT, FastCUT), one image pair (SinCUT), inference.
+"""Image-folder datasets: unpaired A/B folders (CUT, FastCUT), aligned pairs (SPADE), one image pair
+(SinCUT), inference.
 
 Preprocessing follows book/reference.md section 5 (resize to ``load_size`` bicubic, random crop to
 ``crop_size``, random horizontal flip, each domain on its own) and section 7 for SinCUT
@@ -166,6 +167,38 @@ class UnpairedImageFolder(torch.utils.data.Dataset):
         path_A = self.paths_A[index % len(self.paths_A)]
         path_B = self.paths_B[int(rng.integers(len(self.paths_B)))]
         A = self._transform(load_image(path_A, self.input_nc), rng)  # (C, crop, crop)
+        B = self._transform(load_image(path_B, self.input_nc), rng)
+        return {"A": A, "B": B, "A_path": str(path_A), "B_path": str(path_B)}
+
+
+class PairedImageFolder(UnpairedImageFolder):
+    """Aligned pairs for SPADE: item i is A file i and B = the file of the same name in ``{phase}A_target/``
+    (the photo of A's own layout; the built-in ``city`` writes it), both cropped and flipped alike.
+
+    ``len`` is |A|; every A file needs its target (a missing one is named)."""
+
+    def __init__(self, root: str | Path, phase: str = "train", **kwargs):
+        super().__init__(root, phase=phase, **kwargs)
+        folder = self.root / f"{phase}A_target"
+        if not folder.is_dir():
+            raise FileNotFoundError(f"paired data needs {folder} (the target of every {phase}A image, same file names); "
+                                    "the built-in city writes it, an unpaired folder has none: train with paired=False")
+        targets = {p.stem: p for p in list_images(folder)}
+        missing = [p.name for p in self.paths_A if p.stem not in targets]
+        if missing:
+            raise FileNotFoundError(f"{len(missing)} {phase}A image(s) have no target in {folder}: {', '.join(missing[:5])}")
+        self.paths_B = [targets[p.stem] for p in self.paths_A]  # paths_B[i] is the target of paths_A[i]
+
+    def __len__(self) -> int:
+        return len(self.paths_A)
+
+    def __getitem__(self, index: int) -> dict:
+        path_A = self.paths_A[index % len(self.paths_A)]
+        path_B = self.paths_B[index % len(self.paths_A)]
+        rng = item_rng(self.base_seed, self.epoch, index)
+        state = rng.bit_generator.state
+        A = self._transform(load_image(path_A, self.input_nc), rng)  # (C, crop, crop)
+        rng.bit_generator.state = state  # the same draws again: the same crop and flip for the target
         B = self._transform(load_image(path_B, self.input_nc), rng)
         return {"A": A, "B": B, "A_path": str(path_A), "B_path": str(path_B)}
 

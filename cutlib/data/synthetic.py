@@ -21,10 +21,16 @@ from cutlib.files import staged_folder
 from cutlib.paths import data_root
 
 GENERATOR_VERSION = 1
+VERSIONS = {"city": 2}  # a writer's own version where it changed (city 2: trainA_target added); else GENERATOR_VERSION
 BUILTIN = ("stripes", "city")  # with ground truth: the benchmarks of cutlib.benchmarks
 PAIRS = {"sincut_pair": pair.make_pair}  # one image per domain, for SinCUT: name -> make(root) -> folder
 DEFAULTS = {"stripes": dict(n_train=400, n_test=100), "city": dict(n_train=400, n_test=100)}
 WRITERS = {"stripes": stripes.write, "city": city.write}  # name -> write(out, size, n_train, n_test, seed) -> meta
+
+
+def generator_version(name: str) -> int:
+    """The version of the built-in dataset ``name``'s writer: a cached folder of another version is made again."""
+    return VERSIONS.get(name, GENERATOR_VERSION)
 
 
 def dataset_dir(name: str, root: str | Path | None = None, size: int = 64, seed: int = 0,
@@ -58,13 +64,13 @@ def make_dataset(name: str, root: str | Path | None = None, size: int = 64, n_tr
     meta_path = final / "meta.json"
     if meta_path.is_file():
         meta = json.loads(meta_path.read_text())
-        if meta.get("generator_version") == GENERATOR_VERSION:
+        if meta.get("generator_version") == generator_version(name):
             return final
         shutil.rmtree(final)  # made by an older generator: rebuild
 
     def fill(tmp: Path) -> None:
         meta = WRITERS[name](tmp, size, n_train, n_test, seed)
-        meta.update(name=name, size=size, seed=seed, n_train=n_train, n_test=n_test, generator_version=GENERATOR_VERSION)
+        meta.update(name=name, size=size, seed=seed, n_train=n_train, n_test=n_test, generator_version=generator_version(name))
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
 
     staged_folder(final, fill, keep_existing=True)  # a concurrent writer that finished first wins

@@ -5,6 +5,7 @@
     sincut    SinCUTModel    CUT on one image per domain (cutlib/models/sincut.py)
     dclgan    DCLGANModel    two generators, two embeddings, PatchNCE both ways (cutlib/models/dclgan.py)
     swapae    SwappingAutoencoderModel  structure and texture codes, swapped (cutlib/models/swapae.py)
+    spade     SPADEModel     paired label maps -> photos, spatially-adaptive normalisation (cutlib/models/spade.py)
 
 ``TrainConfig.model`` names the class; ``build_model(cfg)`` builds it with its networks.
 """
@@ -19,15 +20,16 @@ from cutlib.models.cut import CUTModel
 from cutlib.models.cyclegan import CycleGANModel
 from cutlib.models.dclgan import DCLGANModel
 from cutlib.models.sincut import SinCUTModel
+from cutlib.models.spade import SPADEModel
 from cutlib.models.swapae import SwappingAutoencoderModel
 
 MODELS: dict[str, type[nn.Module]] = {"cut": CUTModel, "cyclegan": CycleGANModel, "sincut": SinCUTModel,
-                                      "dclgan": DCLGANModel, "swapae": SwappingAutoencoderModel}
+                                      "dclgan": DCLGANModel, "swapae": SwappingAutoencoderModel, "spade": SPADEModel}
 
 
 def model_class(name: str) -> type[nn.Module]:
     """The objective class called ``name``: cut (CUT, FastCUT and the PatchNCE follow-ups), cyclegan, sincut, dclgan,
-    swapae."""
+    swapae, spade."""
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; valid: {', '.join(MODELS)}")
     return MODELS[name]
@@ -38,5 +40,5 @@ def build_model(cfg: TrainConfig, device: torch.device | str = "cpu") -> nn.Modu
     return model_class(cfg.model)(cfg, device)
 
 
-__all__ = ["MODELS", "CUTModel", "CycleGANModel", "DCLGANModel", "SinCUTModel", "SwappingAutoencoderModel", "build_model",
+__all__ = ["MODELS", "CUTModel", "CycleGANModel", "DCLGANModel", "SinCUTModel", "SPADEModel", "SwappingAutoencoderModel", "build_model",
            "model_class"]
