@@ -211,7 +211,7 @@ def run_grid(grid: dict, jobs: int = 1, gpus: list | None = None, dry_run: bool 
             log(f"  [{len(results)}/{len(todo)}] {r['variant']}/seed{r['seed']}: {r['status']} in {r['seconds']} s{where}"
                 + ("" if r["status"] == "ok" else f" (see {Path(r['dir']) / 'papermill.log'})"))
     if Path(grid["out"]).is_dir():
-        log(format_table(collect(grid["out"], variants=list(grid["variants"]))))
+        log(format_table(collect_both(grid["out"], variants=list(grid["variants"]))))
     return done + results
 
 
@@ -277,6 +277,12 @@ def collect(out: str | Path, variants: list[str] | None = None, which: str = "fi
     return table
 
 
+def collect_both(out: str | Path, variants: list[str] | None = None) -> dict:
+    """collect() of the final weights (results.json, returned) and of each run's best epoch (results_best.json)."""
+    collect(out, variants, which="best")
+    return collect(out, variants)
+
+
 def format_table(table: dict, metrics: list[str] | None = None) -> str:
     """The table as text: one row per variant, "mean ± std" per metric."""
     rows = table["variants"]
@@ -304,7 +310,7 @@ def _without_machine_paths(obj, runs: Path):
 
 
 def ship(out: str | Path, dest: str | Path, thumb_width: int = 128) -> Path:
-    """Copy a grid's small results to ``dest``: results.json and, per run, eval.json, metrics.jsonl and a
+    """Copy a grid's small results to ``dest``: results.json (and results_best.json) and, per run, eval.json, metrics.jsonl and a
     JPEG thumbnail (``thumb_width`` px wide) of its last sample grid. For committing a grid's outcome."""
     from PIL import Image
 
@@ -314,6 +320,9 @@ def ship(out: str | Path, dest: str | Path, thumb_width: int = 128) -> Path:
     dest.mkdir(parents=True, exist_ok=True)
     table = {**json.loads((out / "results.json").read_text()), "out": out.name}  # no machine paths in shipped files
     (dest / "results.json").write_text(json.dumps(table, indent=1) + "\n")
+    if (out / "results_best.json").is_file():  # each run's best epoch, when the grid collected it
+        best = {**json.loads((out / "results_best.json").read_text()), "out": out.name}
+        (dest / "results_best.json").write_text(json.dumps(best, indent=1) + "\n")
     for report in sorted(out.glob(f"*/seed*/{EVAL_FILE}")):
         run, target = report.parent, dest / report.parent.relative_to(out)
         target.mkdir(parents=True, exist_ok=True)
@@ -355,7 +364,7 @@ def cli(argv: list[str]) -> int:
     if args.reevaluate:
         reevaluate(grid)
     if args.collect_only or args.reevaluate:
-        print(format_table(collect(grid["out"], variants=list(grid["variants"]))))
+        print(format_table(collect_both(grid["out"], variants=list(grid["variants"]))))
         runs = []
     else:
         runs = run_grid(grid, jobs=args.jobs, gpus=gpus, dry_run=args.dry_run)

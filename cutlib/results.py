@@ -18,13 +18,16 @@ import numpy as np
 from cutlib.viz import read_metrics
 
 
-def load_results(results_dir: str | Path) -> dict:
-    """results.json of a grid plus, per variant and seed, its training metrics and sample image path."""
+def load_results(results_dir: str | Path, which: str = "final") -> dict:
+    """results.json (``which="best"``: results_best.json, each run's best epoch) of a grid plus, per variant
+    and seed, its training metrics and sample image path."""
+    if which not in ("final", "best"):
+        raise ValueError(f"which must be 'final' or 'best', got {which!r}")
     results_dir = Path(results_dir)
-    path = results_dir / "results.json"
+    path = results_dir / ("results.json" if which == "final" else "results_best.json")
     if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist; pass a grid output folder (python -m cutlib grid CONFIG) "
-                                "or notebooks/results/ablations_cpu")
+        raise FileNotFoundError(f"{path} does not exist; pass a grid output folder (python -m cutlib grid CONFIG, "
+                                "which collects both; or --collect-only) or notebooks/results/ablations_cpu")
     table = json.loads(path.read_text())
     runs = {}
     for variant in table["variants"]:
@@ -134,6 +137,28 @@ def paper_claims(results: dict, metric: str = "fid") -> list[dict]:
         verdict, evidence = ("missing", f"needs variant(s) {absent}") if absent else judge(results, metric)
         claims.append({"claim": claim, "verdict": verdict, "says": VERDICT[verdict], "evidence": evidence})
     return claims
+
+
+FOLLOWUP_SAYS = {"yes": "better", "no": "worse", "inconclusive": "no difference at this scale"}
+
+
+def followup_verdicts(results: dict, metrics: dict[str, list[str]], baseline: str = "CUT") -> list[dict]:
+    """Each follow-up against ``baseline`` on the same benchmark (chapter 11): variants are named METHOD-BENCHMARK
+    (e.g. "MoNCE-city" vs "CUT-city"); ``metrics`` maps a benchmark to the metrics judged on it. Per row:
+    method, benchmark, metric, verdict ("better" / "worse" when the mean ± std intervals over seeds are apart,
+    else "no difference at this scale"), evidence."""
+    names = variants_of(results)
+    rows = []
+    for benchmark, judged in metrics.items():
+        base = f"{baseline}-{benchmark}"
+        if base not in names:
+            raise KeyError(f"no variant {base!r} to compare with; variants: {names}")
+        for variant in (v for v in names if v.endswith(f"-{benchmark}") and v != base):
+            for metric in judged:
+                c = compare(results, variant, base, metric)
+                rows.append({"method": variant.removesuffix(f"-{benchmark}"), "benchmark": benchmark, "metric": metric,
+                             "verdict": FOLLOWUP_SAYS[c["verdict"]], "evidence": _evidence(c)})
+    return rows
 
 
 # ------------------------------------------------------------------ plots

@@ -126,6 +126,8 @@ def test_ship_copies_small_files_and_thumbnails(tiny_grid, tmp_path):
     assert report["run_dir"] == f"{Path(grid['out']).name}/CUT/seed0" and "/" not in report["dataset_dir"]
     assert str(Path(grid["out"]).parent) not in json.dumps(report)
     assert json.loads((dest / "results.json").read_text())["out"] == Path(grid["out"]).name
+    best = json.loads((dest / "results_best.json").read_text())  # the run collected each run's best epoch too
+    assert best["which"] == "best" and best["out"] == Path(grid["out"]).name and set(best["variants"]) == {"CUT", "no_id"}
     assert (dest / "no_id" / "seed1" / "metrics.jsonl").read_text() == \
         (Path(grid["out"]) / "no_id" / "seed1" / "metrics.jsonl").read_text()
 

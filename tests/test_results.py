@@ -69,6 +69,27 @@ def test_compare_verdicts(agreeing, tmp_path):
     assert Wd.compare(one, "CUT", "external", "fid")["verdict"] == "inconclusive"  # one seed: no spread to judge
 
 
+def test_followup_verdicts_compare_each_method_with_cut_on_its_own_benchmark(tmp_path):
+    fid = {"CUT-stripes": [10, 11], "MoNCE-stripes": [5, 6], "DCLGAN-stripes": [30, 31], "QS-Attn-stripes": [9, 12],
+           "CUT-city": [20, 21], "MoNCE-city": [20, 22]}
+    results = make_results(tmp_path, fid)
+    rows = Wd.followup_verdicts(results, {"stripes": ["fid"], "city": ["fid"]})
+    got = {(r["method"], r["benchmark"]): r["verdict"] for r in rows}
+    assert got == {("MoNCE", "stripes"): "better", ("DCLGAN", "stripes"): "worse",  # lower FID is better
+                   ("QS-Attn", "stripes"): "no difference at this scale", ("MoNCE", "city"): "no difference at this scale"}
+    assert all(r["metric"] == "fid" and "mean ± std over 2 seeds" in r["evidence"] for r in rows)
+    with pytest.raises(KeyError, match="CUT-horses"):
+        Wd.followup_verdicts(results, {"horses": ["fid"]})
+
+
+def test_load_results_reads_the_best_epoch_table_when_asked(agreeing):
+    G.collect(agreeing["dir"], which="final")
+    with pytest.raises(FileNotFoundError, match="results_best.json"):
+        Wd.load_results(agreeing["dir"], which="best")
+    with pytest.raises(ValueError, match="which"):
+        Wd.load_results(agreeing["dir"], which="last")
+
+
 def test_paper_claims_on_agreeing_and_disagreeing_numbers(agreeing, tmp_path):
     claims = Wd.paper_claims(agreeing)
     assert [c["verdict"] for c in claims] == ["yes", "yes", "yes", "yes"]
