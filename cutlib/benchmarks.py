@@ -8,6 +8,9 @@ what FID only hints at (book/reference.md section 8).
              37% in B)?
     city     a small segmenter trained on the photos labels the generated photos; pixel accuracy,
              class accuracy and mean IoU against the input labels (paper Table 1, "FCN score").
+    city_synth the same protocol for CyCADA's source -> target translation: the segmenter trained on the
+             target photos (trainB) labels the translated flat-shaded source images, scored against
+             the source labels (cutlib/data/city_synthetic.py).
 The same segmenter's pooled features serve as the FID/KID extractor there ("builtin-..."), trained
 in under a minute on one CPU thread and cached beside the dataset.
 """
@@ -26,47 +29,12 @@ from tqdm.auto import tqdm
 
 from cutlib.data.splits import benchmark_of, read_images, read_labels
 from cutlib.data.synthetic import BUILTIN
-from cutlib.segmentation import segmentation_scores
+from cutlib.segmentation import SmallUNet, segmentation_scores  # SmallUNet: re-exported, it lived here
 from cutlib.runs import cached_network
 
 EVALUATOR_VERSION = 2  # bump when the evaluators change: old cache files are then ignored
 STRIPES_CLASSES = ["background", "smooth-coated animal", "striped animal"]
 SMOOTH, STRIPED = 1, 2
-
-
-def _conv_bn_relu(c_in: int, c_out: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True))
-
-
-class SmallUNet(nn.Module):
-    """Three scales (widths w, 2w, 4w), skip connections, per-pixel class logits; sizes multiple of 4."""
-
-    def __init__(self, num_classes: int, width: int = 8):
-        super().__init__()
-        w = width
-        self.enc1 = nn.Sequential(_conv_bn_relu(3, w), _conv_bn_relu(w, w))  # (N, w, S, S)
-        self.enc2 = nn.Sequential(nn.MaxPool2d(2), _conv_bn_relu(w, 2 * w), _conv_bn_relu(2 * w, 2 * w))  # (N, 2w, S/2, S/2)
-        self.enc3 = nn.Sequential(nn.MaxPool2d(2), _conv_bn_relu(2 * w, 4 * w), _conv_bn_relu(4 * w, 4 * w))  # (N, 4w, S/4, S/4)
-        self.dec2 = _conv_bn_relu(4 * w + 2 * w, 2 * w)  # (N, 2w, S/2, S/2)
-        self.dec1 = _conv_bn_relu(2 * w + w, w)  # (N, w, S, S)
-        self.head = nn.Conv2d(w, num_classes, 1)  # (N, K, S, S)
-        self.feature_dims = 8 * w  # mean and std of the bottleneck
-
-    def encode(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        e1 = self.enc1(2 * x - 1)  # images in [0, 1] -> [-1, 1]
-        e2 = self.enc2(e1)
-        return e1, e2, self.enc3(e2)
-
-    def forward(self, x: Tensor) -> Tensor:
-        e1, e2, e3 = self.encode(x)
-        d2 = self.dec2(torch.cat([F.interpolate(e3, scale_factor=2, mode="bilinear"), e2], dim=1))
-        d1 = self.dec1(torch.cat([F.interpolate(d2, scale_factor=2, mode="bilinear"), e1], dim=1))
-        return self.head(d1)
-
-    def features(self, x: Tensor) -> Tensor:
-        """Mean and standard deviation of the bottleneck over positions: (N, 8w); the std sees texture (stripes)."""
-        e3 = self.encode(x)[2].flatten(2)  # (N, 4w, S*S/16)
-        return torch.cat([e3.mean(dim=2), e3.std(dim=2)], dim=1)
 
 
 class BuiltinEvaluator(nn.Module):
@@ -252,6 +220,6 @@ def benchmark_scores(benchmark: str | None, evaluator: BuiltinEvaluator | None, 
     """The ground-truth scores of ``outputs`` for the dataset's benchmark (empty for real folders)."""
     if benchmark == "stripes":
         return stripes_scores(evaluator, outputs, data["inputs"], data["input_labels"], data["targets"], data["real_labels"])
-    if benchmark == "city":
+    if benchmark in ("city", "city_synth"):  # city_synth: translated source images against the source labels
         return city_scores(evaluator, outputs, data["input_labels"])
     return {}

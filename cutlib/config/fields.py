@@ -26,7 +26,7 @@ class TrainConfig:
     """
 
     # --- what is trained
-    model: Literal["cut", "cyclegan", "sincut", "dclgan", "swapae", "spade"] = "cut"  # objective class in cutlib.models
+    model: Literal["cut", "cyclegan", "sincut", "dclgan", "swapae", "spade", "cycada"] = "cut"  # objective class in cutlib.models
     dataset: str = "stripes"  # built-in name, catalog name (downloaded) or a folder path
     # --- networks (reference page sections 3, 4)
     netG: Literal["resnet", "stylegan2"] = "resnet"  # generator: CycleGAN's ResNet (CUT) or StyleGAN2's (SinCUT)
@@ -72,6 +72,10 @@ class TrainConfig:
     lambda_cycle: float = 10.0  # weight of the cycle-consistency L1 loss
     lambda_identity: float = 0.5  # identity loss weight, as a fraction of lambda_cycle
     pool_size: int = 50  # generated images kept for the discriminators (0: no pool)
+    # --- CyCADA (model cycada: CycleGAN + semantic consistency; cutlib/models/cycada.py)
+    lambda_sem: float = 0.0  # weight of the semantic-consistency loss L_sem (thesis Eq. 3.13; cycada preset: 1, as the authors' code adds it)
+    sem_pretrain_steps: int = 300  # steps of f_S's pretraining on the source labels (trainA_labels) before it is frozen (0: none, f_S stays random: timing only)
+    sem_classes: int = 19  # classes of the frozen source segmenter f_S (Cityscapes' 19 train ids)
     # --- Swapping Autoencoder (model swapae)
     structure_nc: int = 8  # channels of the structure code (a map at 1/4 of the image size)
     texture_nc: int = 2048  # length of the texture code (a vector)
@@ -233,6 +237,11 @@ def validate(cfg: TrainConfig) -> None:
     if not cfg.nce_layers:
         problems.append("nce_layers must name at least one encoder tap")
     problems += _followup_problems(cfg)
+    if cfg.lambda_sem < 0 or cfg.sem_pretrain_steps < 0 or cfg.sem_classes < 2:
+        problems.append(f"lambda_sem and sem_pretrain_steps must be >= 0 and sem_classes >= 2, got {cfg.lambda_sem}, "
+                        f"{cfg.sem_pretrain_steps}, {cfg.sem_classes}")
+    if cfg.lambda_sem > 0 and cfg.model != "cycada":
+        problems.append(f"lambda_sem (the semantic-consistency loss) needs model='cycada', got model={cfg.model!r}")
     problems += _spade_problems(cfg)
     if problems:
         raise ValueError("invalid TrainConfig: " + "; ".join(problems))

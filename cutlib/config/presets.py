@@ -101,6 +101,16 @@ def SPADE(**overrides) -> TrainConfig:
     return override(base, **overrides)
 
 
+def CyCADA(**overrides) -> TrainConfig:
+    """CyCADA's pixel-level adaptation (Hoffman et al. ICML 2018; thesis Sec. 3.4; cutlib/models/cycada.py) on
+    the built-in city_synth: CycleGAN as the authors' GTA5 script runs it (cycle L1 x10, identity x1.0 of
+    it, pool 50, 100 + 100 epochs) plus the semantic-consistency loss x1 (their semantic model adds it with
+    weight 1) through a source segmenter f_S pretrained for 300 steps on trainA_labels, then frozen."""
+    base = TrainConfig(model="cycada", dataset="city_synth", antialias=False, lambda_cycle=10.0, lambda_identity=1.0,
+                       pool_size=50, lambda_sem=1.0, sem_pretrain_steps=300, sem_classes=19,
+                       n_epochs=100, n_epochs_decay=100, decay_no_jitter=False)
+    return override(base, **overrides)
+
 
 def Laptop(**overrides) -> TrainConfig:
     """CUT's objective (GAN + PatchNCE with its identity term) for real photos on one CPU thread in under
@@ -114,7 +124,7 @@ def Laptop(**overrides) -> TrainConfig:
 
 PRESETS = {"cut": CUT, "fastcut": FastCUT, "cyclegan": CycleGAN, "sincut": SinCUT,
            "hneg_src": HnegSRC, "monce": MoNCE, "qsattn": QSAttn, "dclgan": DCLGAN,
-           "swapping_autoencoder": SwappingAutoencoder, "laptop": Laptop, "spade": SPADE}
+           "swapping_autoencoder": SwappingAutoencoder, "laptop": Laptop, "cycada": CyCADA, "spade": SPADE}
 
 
 # The course's laptop scale: 64 px crops of the built-in data, narrow networks, six residual blocks.

@@ -2,7 +2,8 @@
 
 ``stripes`` is the horse->zebra analogue: smooth-coated animals (A) and striped animals (B) that
 are about twice as large, mirroring the paper's distribution mismatch (Fig. 15: 18% vs 37% of
-the pixels). ``city`` is the Cityscapes labels->photo analogue (paper Table 1). Both write the
+the pixels). ``city`` is the Cityscapes labels->photo analogue (paper Table 1), ``city_synth`` the
+GTA5->Cityscapes analogue of CyCADA (flat-shaded renders -> photo-like ones). All write the
 CycleGAN layout plus ground truth: ``X_labels/`` beside every image folder ``X``, ``testA_target/``
 (the true domain-B rendering of each test scene of A) and ``meta.json``.
 Same seed, same bytes: every image draws from its own generator seeded by (seed, split, index).
@@ -15,6 +16,7 @@ import shutil
 from pathlib import Path
 
 import cutlib.data.city as city
+import cutlib.data.city_synthetic as city_synthetic
 import cutlib.data.pair as pair
 import cutlib.data.stripes as stripes
 from cutlib.files import staged_folder
@@ -22,10 +24,11 @@ from cutlib.paths import data_root
 
 GENERATOR_VERSION = 1
 VERSIONS = {"city": 2}  # a writer's own version where it changed (city 2: trainA_target added); else GENERATOR_VERSION
-BUILTIN = ("stripes", "city")  # with ground truth: the benchmarks of cutlib.benchmarks
+BUILTIN = ("stripes", "city", "city_synth")  # with ground truth: the benchmarks of cutlib.benchmarks
 PAIRS = {"sincut_pair": pair.make_pair}  # one image per domain, for SinCUT: name -> make(root) -> folder
-DEFAULTS = {"stripes": dict(n_train=400, n_test=100), "city": dict(n_train=400, n_test=100)}
-WRITERS = {"stripes": stripes.write, "city": city.write}  # name -> write(out, size, n_train, n_test, seed) -> meta
+DEFAULTS = {"stripes": dict(n_train=400, n_test=100), "city": dict(n_train=400, n_test=100),
+            "city_synth": dict(n_train=400, n_test=100)}
+WRITERS = {"stripes": stripes.write, "city": city.write, "city_synth": city_synthetic.write}  # name -> write(out, size, n_train, n_test, seed) -> meta
 
 
 def generator_version(name: str) -> int:

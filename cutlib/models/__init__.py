@@ -6,6 +6,7 @@
     dclgan    DCLGANModel    two generators, two embeddings, PatchNCE both ways (cutlib/models/dclgan.py)
     swapae    SwappingAutoencoderModel  structure and texture codes, swapped (cutlib/models/swapae.py)
     spade     SPADEModel     paired label maps -> photos, spatially-adaptive normalisation (cutlib/models/spade.py)
+    cycada    CyCADAModel    CycleGAN + semantic consistency through a frozen source segmenter (cutlib/models/cycada.py)
 
 ``TrainConfig.model`` names the class; ``build_model(cfg)`` builds it with its networks.
 """
@@ -17,6 +18,7 @@ from torch import nn
 
 from cutlib.config import TrainConfig
 from cutlib.models.cut import CUTModel
+from cutlib.models.cycada import CyCADAModel
 from cutlib.models.cyclegan import CycleGANModel
 from cutlib.models.dclgan import DCLGANModel
 from cutlib.models.sincut import SinCUTModel
@@ -24,7 +26,8 @@ from cutlib.models.spade import SPADEModel
 from cutlib.models.swapae import SwappingAutoencoderModel
 
 MODELS: dict[str, type[nn.Module]] = {"cut": CUTModel, "cyclegan": CycleGANModel, "sincut": SinCUTModel,
-                                      "dclgan": DCLGANModel, "swapae": SwappingAutoencoderModel, "spade": SPADEModel}
+                                      "dclgan": DCLGANModel, "swapae": SwappingAutoencoderModel, "spade": SPADEModel,
+                                      "cycada": CyCADAModel}
 
 
 def model_class(name: str) -> type[nn.Module]:
@@ -40,5 +43,5 @@ def build_model(cfg: TrainConfig, device: torch.device | str = "cpu") -> nn.Modu
     return model_class(cfg.model)(cfg, device)
 
 
-__all__ = ["MODELS", "CUTModel", "CycleGANModel", "DCLGANModel", "SinCUTModel", "SPADEModel", "SwappingAutoencoderModel", "build_model",
+__all__ = ["MODELS", "CUTModel", "CyCADAModel", "CycleGANModel", "DCLGANModel", "SinCUTModel", "SPADEModel", "SwappingAutoencoderModel", "build_model",
            "model_class"]

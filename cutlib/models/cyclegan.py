@@ -124,6 +124,10 @@ class CycleGANModel(nn.Module):
         """X -> Y with G."""
         return self.G(x)
 
+    def extra_generator_losses(self, x: Tensor, y: Tensor, fake_y: Tensor, fake_x: Tensor) -> dict[str, Tensor]:
+        """Terms a subclass adds to the generators' loss (CyCADA: semantic consistency); CycleGAN has none."""
+        return {}
+
     def training_step(self, batch: dict) -> dict[str, float]:
         """One iteration: both cycles forward, G and F step (D frozen), then D_Y and D_X step. Returns the losses."""
         cfg = self.cfg
@@ -151,6 +155,7 @@ class CycleGANModel(nn.Module):
             if cfg.lambda_identity > 0:  # G should leave a real y alone, F a real x
                 losses["idt_G"] = l1(self.G(y), y) * cfg.lambda_cycle * cfg.lambda_identity
                 losses["idt_F"] = l1(self.F(x), x) * cfg.lambda_cycle * cfg.lambda_identity
+            losses.update(self.extra_generator_losses(x, y, fake_y, fake_x))
         loss_g = sum(losses.values())
         loss_g.backward()
         self.optimizers["G"].step()
