@@ -5,6 +5,7 @@ wrong implementation breaks."""
 from __future__ import annotations
 
 import hashlib
+import os
 import json
 import subprocess
 import sys
@@ -281,3 +282,23 @@ def test_generator_translator_maps_unit_images_through_a_minus_one_one_generator
     assert torch.allclose(generator_translator(G, batch_size=2)(x), x, atol=1e-6)  # identity in, identity out
     net = train_segmenter(x, torch.zeros(3, 8, 8, dtype=torch.long), 2, steps=2, batch_size=2, width=2)
     assert target_scores(net, x, torch.zeros(3, 8, 8, dtype=torch.long), 2)["pixel_acc"] <= 1
+
+
+def test_the_papermill_runner_and_a_grid_dry_run_accept_cycada(tmp_path):
+    from cutlib.runner import runner_config
+
+    cfg = runner_config("cycada", "city_synth", scale="tiny", device="cpu")
+    assert (cfg.model, cfg.dataset, cfg.lambda_sem, cfg.crop_size) == ("cycada", "city_synth", 1.0, 32)
+    grid = {"description": "CyCADA beside CycleGAN", "out": "cycada_dry", "seeds": [0],
+            "base": {"scale": "tiny", "device": "cpu", "dataset": "city_synth"},
+            "variants": {"CycleGAN": {"preset": "cyclegan"}, "CyCADA": {"preset": "cycada", "overrides": {"lambda_sem": 2}}}}
+    (tmp_path / "grid.json").write_text(json.dumps(grid))
+    done = subprocess.run([sys.executable, "-m", "cutlib", "grid", str(tmp_path / "grid.json"), "--dry-run"],
+                          capture_output=True, text=True, env={**os.environ, "CUTLIB_RUNS": str(tmp_path / "runs")})
+    assert done.returncode == 0, done.stderr
+    assert "CyCADA" in done.stdout
+    grid["variants"]["CyCADA"]["overrides"] = {"lambda_sem": -1}
+    (tmp_path / "grid.json").write_text(json.dumps(grid))
+    done = subprocess.run([sys.executable, "-m", "cutlib", "grid", str(tmp_path / "grid.json"), "--dry-run"],
+                          capture_output=True, text=True, env={**os.environ, "CUTLIB_RUNS": str(tmp_path / "runs")})
+    assert done.returncode != 0 and "lambda_sem" in done.stdout + done.stderr
