@@ -176,7 +176,10 @@ def test_the_model_losses_equal_the_hand_computation():
 def test_the_multiscale_discriminator_halves_the_image_between_scales():
     D = MultiscaleDiscriminator(22, ndf=4, n_layers=2, num_D=3)
     out = D(torch.zeros(1, 22, 32, 32))
-    assert len(out) == 3 and all(len(scale) == 4 for scale in out)  # 3 conv blocks, then the logits
+    assert len(out) == 3 and all(len(scale) == 3 for scale in out)  # 2 conv blocks, then the logits
+    D4 = MultiscaleDiscriminator(22, ndf=4, n_layers=4, num_D=1)  # the preset's depth: 32 -> 17 -> 9 -> 5 (s2), 6 (s1), 7
+    assert [t.shape[-1] for t in D4(torch.zeros(1, 22, 32, 32))[0]] == [17, 9, 5, 6, 7]
+    assert [t.shape[1] for t in D4(torch.zeros(1, 22, 32, 32))[0]] == [4, 8, 16, 32, 1]
     sizes = [scale[-1].shape[-1] for scale in out]
     assert sizes[0] > sizes[1] > sizes[2] and out[0][-1].shape[1] == 1
 
@@ -224,7 +227,7 @@ def test_the_runner_sets_a_4px_start_at_small_scales():
     from cutlib.runner import runner_config
 
     cfg = runner_config("spade", "city", "tiny")
-    assert cfg.num_upsampling == 3 and cfg.crop_size == 32
+    assert cfg.num_upsampling == 3 and cfg.n_layers_D == 3 and cfg.crop_size == 32
     assert runner_config("spade", "city", "tiny", overrides={"num_upsampling": 2}).num_upsampling == 2
 
 

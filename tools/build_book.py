@@ -29,7 +29,7 @@ BOOK = REPO / "book"
 STAGE = BOOK / "_build" / "src"
 # the public modules of cutlib documented on the reference page (those that exist are listed)
 API_MODULES = ["nce", "networks", "stylegan2", "losses", "config", "models", "models.cut", "models.cyclegan", "models.sincut",
-               "models.dclgan", "models.swapae", "models.cycada", "train", "runs", "distributed", "images", "files", "device", "benchmarks", "swaps",
+               "models.dclgan", "models.swapae", "models.spade", "models.cycada", "train", "runs", "distributed", "images", "files", "device", "benchmarks", "swaps",
                "inception", "photos", "pretrained", "followups", "runner", "memory", "segmentation", "adaptation",
                "data", "metrics", "evaluate", "translate", "viz", "results"]
 

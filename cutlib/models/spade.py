@@ -21,8 +21,8 @@ tanh. Spectral norm on every conv of G and D, as the thesis. No VAE image encode
 and style-guided synthesis of the thesis' Sec. 2.3): G is deterministic.
 
 The discriminator is pix2pixHD's multiscale PatchGAN on (one-hot labels, image): ``num_D`` PatchGANs
-of depth ``n_layers_D`` (k4, s2 convs then two s1, InstanceNorm), the image halved (3x3 average
-pooling) between them. Objective (pix2pixHD's with hinge in place of LSGAN, book/reference.md):
+of depth ``n_layers_D`` (k4 convs, stride 2 but the last two, InstanceNorm), the image halved (3x3
+average pooling) between them. Objective (pix2pixHD's with hinge in place of LSGAN, book/reference.md):
 
     L_D = mean_k [ mean relu(1 - D_k(m, y)) + mean relu(1 + D_k(m, G(m))) ]
     L_G = lambda_gan * mean_k [ -mean D_k(m, G(m)) ]
@@ -184,15 +184,18 @@ class SPADEGenerator(nn.Module):
 
 # ---------------------------------------------------------------------------------------------- D
 class NLayerDiscriminator(nn.Module):
-    """pix2pixHD's PatchGAN: k4 s2 conv + LeakyReLU, (n_layers - 1) x [k4 s2 conv, IN, LeakyReLU], one k4 s1 the
-    same, a k4 s1 conv to one logit per patch; padding 2, spectral norm. ``forward`` returns every layer's output."""
+    """The authors' PatchGAN (pix2pixHD's): a k4 s2 conv + LeakyReLU(0.2), then n_layers - 1 k4 convs with spectral
+    norm, InstanceNorm and LeakyReLU (stride 2, the last stride 1; widths doubling to 8 ndf), then a k4 s1 conv to
+    one logit per patch; padding 2. ``forward`` returns every layer's output, the logits last."""
 
     def __init__(self, input_nc: int, ndf: int = 64, n_layers: int = 4):
         super().__init__()
-        widths = [ndf * min(2**i, 8) for i in range(n_layers + 1)]
+        if n_layers < 1:
+            raise ValueError(f"n_layers must be at least 1, got {n_layers}")
+        widths = [ndf * min(2**i, 8) for i in range(n_layers)]
         layers = [nn.Sequential(nn.Conv2d(input_nc, ndf, 4, 2, 2), nn.LeakyReLU(0.2))]
-        for i in range(1, n_layers + 1):
-            stride = 2 if i < n_layers else 1
+        for i in range(1, n_layers):
+            stride = 2 if i < n_layers - 1 else 1
             layers.append(nn.Sequential(spectral_norm(nn.Conv2d(widths[i - 1], widths[i], 4, stride, 2)),
                                         nn.InstanceNorm2d(widths[i]), nn.LeakyReLU(0.2)))
         layers.append(nn.Conv2d(widths[-1], 1, 4, 1, 2))

@@ -64,7 +64,8 @@ def main() -> None:
             run = load_or_train(cfg, runs_root() / "spade_city" / f"{method.lower()}_{args.steps}steps_seed{seed}", progress=False)
             outputs = translate_images(run.model.eval(), data["inputs"])  # (N, 3, S, S) in [0, 1]
             scores = city_scores(evaluator, outputs, data["input_labels"])
-            per_seed.append({"seed": seed, "message": run.message, "seconds": round(time.perf_counter() - start, 1), **scores})
+            message = run.message.replace(str(runs_root()), "runs")  # no machine paths in the shipped file
+            per_seed.append({"seed": seed, "message": message, "seconds": round(time.perf_counter() - start, 1), **scores})
             if seed == seeds[0]:
                 shown[method] = outputs[:6]
                 rows.setdefault("configs", {})[method] = cfg.to_dict()
