@@ -8,9 +8,9 @@ The command line and the papermill runner both end in ``override(PRESETS[name]()
 """
 
 from cutlib.config.fields import FIELDS, TrainConfig, field_type, from_dict, override, validate
-from cutlib.config.presets import (CPU_SCALE, DCLGAN, PRESETS, TINY_SCALE, CUT, CycleGAN, FastCUT, HnegSRC, Laptop, MoNCE,
+from cutlib.config.presets import (CPU_SCALE, DCLGAN, PRESETS, TINY_SCALE, CUT, CyCADA, CycleGAN, FastCUT, HnegSRC, Laptop, MoNCE,
                                    QSAttn, SinCUT, SPADE, SwappingAutoencoder, cpu_scale, preset, tiny_scale)
 
 __all__ = ["FIELDS", "TrainConfig", "field_type", "from_dict", "override", "validate", "CPU_SCALE", "TINY_SCALE", "PRESETS",
-           "CUT", "FastCUT", "CycleGAN", "SinCUT", "HnegSRC", "MoNCE", "QSAttn", "DCLGAN", "SwappingAutoencoder", "Laptop", "SPADE",
+           "CUT", "FastCUT", "CycleGAN", "SinCUT", "HnegSRC", "MoNCE", "QSAttn", "DCLGAN", "SwappingAutoencoder", "Laptop", "SPADE", "CyCADA",
            "cpu_scale", "preset", "tiny_scale"]
