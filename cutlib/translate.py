@@ -194,6 +194,11 @@ def load_generator(checkpoint: str | Path, device: str | torch.device = "cpu") -
             E.load_state_dict(state["E"])
             G.load_state_dict(state["G"])
             G = SwapTranslator(E, G, cfg.crop_size, cfg.input_nc)
+        elif cfg.model == "spade":  # colour label maps -> photos (cutlib/models/spade.py)
+            from cutlib.models.spade import spade_generator
+
+            G = spade_generator(cfg)
+            G.load_state_dict(state["G"])
         else:
             G = build_generator(cfg)
             G.load_state_dict(state["G"])

@@ -121,8 +121,10 @@ def test_the_generator_takes_colour_maps_and_equals_synthesis_from_the_one_hot_m
         out = G(x)
         assert out.shape == (2, 3, 16, 16) and out.abs().max() <= 1
         assert torch.equal(out, G.synthesize(F.one_hot(labels, 19).permute(0, 3, 1, 2).float()))
-    with pytest.raises(ValueError, match="multiple of 2"):
-        G.synthesize(torch.zeros(1, 19, 10, 10))
+        wide = G(colour_maps(random_labels(1, 16))[:, :, :8])  # (1, 3, 8, 16): H and W multiples of 4
+        assert wide.shape == (1, 3, 8, 16)
+    with pytest.raises(ValueError, match="multiples of 2"):
+        G.synthesize(torch.zeros(1, 19, 10, 12))
     assert not any("palette" in k for k in G.state_dict())  # not saved: it is CITY_PALETTE
 
 
@@ -330,6 +332,12 @@ def test_command_line_trains_two_steps_and_evaluate_scores_the_run(tmp_path, cit
     cfg, model = load_run(out)
     assert cfg.model == "spade" and cfg.paired and isinstance(model, SPADEModel)
     assert (out / "samples" / "latest.png").is_file() and (out / CHECKPOINT).is_file()
+    from cutlib.translate import load_generator, translate_image
+
+    G = load_generator(out)
+    assert isinstance(G, SPADEGenerator) and G.multiple == 8
+    x = colour_maps(random_labels(1, 48))[:, :, :44, :36]  # any size: padded to multiples of 8, cropped back
+    assert translate_image(G, x[0]).shape == (3, 44, 36)
     from cutlib.evaluate import evaluate_run
 
     report = evaluate_run(out, epochs="final", evaluator_steps=3)

@@ -151,6 +151,8 @@ class SPADEGenerator(nn.Module):
         if ngf < 1 or num_upsampling < 1:
             raise ValueError(f"ngf and num_upsampling must be at least 1, got {ngf} and {num_upsampling}")
         self.num_upsampling, self.label_nc = num_upsampling, LABEL_NC
+        self.multiple = 2**num_upsampling  # the sides it takes (cutlib.translate pads to them)
+        self.input_nc, self.output_nc = 3, output_nc  # colour label maps in, photos out
         self.register_buffer("palette", torch.tensor(CITY_PALETTE, dtype=torch.float32) / 127.5 - 1, persistent=False)
         top = ngf * 2 ** (num_upsampling - 1)
         block = lambda fin, fout: SPADEResBlock(fin, fout, LABEL_NC, hidden, norm)  # noqa: E731
@@ -165,12 +167,14 @@ class SPADEGenerator(nn.Module):
         return colour_to_onehot(x, self.palette)
 
     def synthesize(self, labels: Tensor) -> Tensor:
-        """One-hot label maps (B, 19, S, S), S a multiple of 2**num_upsampling -> images (B, output_nc, S, S)."""
-        side = labels.shape[-1] // 2**self.num_upsampling
-        if labels.dim() != 4 or labels.shape[1] != self.label_nc or side < 1 or labels.shape[-1] % 2**self.num_upsampling:
-            raise ValueError(f"need one-hot labels (B, {self.label_nc}, S, S) with S a multiple of 2**{self.num_upsampling}, "
-                             f"got {tuple(labels.shape)}")
-        h = self.head_0(self.head(F.interpolate(labels, size=(side, side), mode="nearest")), labels)
+        """One-hot label maps (B, 19, H, W), H and W multiples of 2**num_upsampling -> images (B, output_nc, H, W)."""
+        m = self.multiple
+        if labels.dim() != 4 or labels.shape[1] != self.label_nc or min(labels.shape[2:]) < m or \
+                labels.shape[2] % m or labels.shape[3] % m:
+            raise ValueError(f"need one-hot labels (B, {self.label_nc}, H, W) with H and W multiples of 2**{self.num_upsampling}"
+                             f" = {m}, got {tuple(labels.shape)}")
+        start = (labels.shape[2] // m, labels.shape[3] // m)
+        h = self.head_0(self.head(F.interpolate(labels, size=start, mode="nearest")), labels)
         h = F.interpolate(h, scale_factor=2, mode="nearest")
         for blk in self.middle:
             h = blk(h, labels)
@@ -180,6 +184,11 @@ class SPADEGenerator(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.synthesize(self.onehot(x))
+
+
+def spade_generator(cfg: TrainConfig) -> SPADEGenerator:
+    """The generator a spade config builds (its weights come from a checkpoint's "G": cutlib.translate)."""
+    return SPADEGenerator(cfg.ngf, cfg.num_upsampling, cfg.output_nc, cfg.spade_nhidden, cfg.spade_norm)
 
 
 # ---------------------------------------------------------------------------------------------- D
@@ -241,8 +250,7 @@ class SPADEModel(nn.Module):
         if cfg.precision == "bf16":
             raise ValueError("SPADE trains in fp32 only here: use --precision fp32")
         self.cfg = cfg
-        self.G = init_xavier(SPADEGenerator(cfg.ngf, cfg.num_upsampling, cfg.output_nc, cfg.spade_nhidden, cfg.spade_norm),
-                              cfg.init_gain)
+        self.G = init_xavier(spade_generator(cfg), cfg.init_gain)
         self.D = init_xavier(MultiscaleDiscriminator(LABEL_NC + cfg.output_nc, cfg.ndf, cfg.n_layers_D, cfg.num_D),
                               cfg.init_gain)
         self.to(device, memory_format=torch.channels_last if cfg.channels_last else torch.contiguous_format)
