@@ -360,3 +360,18 @@ def test_bench_measures_spade_at_tiny_size():
     # at 64 px the preset's 1/32 start is 2 px; its 32 px warm-up copy would be 1 px: it warms up at 64 px
     row = measure("spade", size=64, steps=1, warmup=0, device="cpu", ngf=4, ndf=4, spade_nhidden=8, n_layers_D=2)
     assert row["size"] == 64 and row["median_s"] > 0
+
+
+def test_a_run_stopped_and_resumed_ends_with_the_weights_of_an_uninterrupted_one(tmp_path, city32):
+    from cutlib.runs import load_checkpoint
+    from cutlib.train import train
+
+    cfg = C.preset("spade", **{**TINY, "dataset": str(city32), "n_epochs": 2, "n_epochs_decay": 0, "save_epoch_freq": 0})
+    train(cfg, tmp_path / "straight", progress=False)  # 2 epochs of 3 pairs: 6 steps
+    train(C.override(cfg, max_steps=4), tmp_path / "stopped", progress=False)
+    train({"max_steps": 0}, tmp_path / "stopped", resume=True, progress=False)
+    a, b = (load_checkpoint(tmp_path / run / CHECKPOINT) for run in ("straight", "stopped"))
+    assert a["step"] == b["step"] == 6
+    for name in ("G", "D"):  # weights, spectral norm's u and v, BatchNorm's running statistics
+        assert a[name].keys() == b[name].keys()
+        assert all(torch.equal(a[name][k], b[name][k]) for k in a[name]), name

@@ -17,8 +17,8 @@ that a freshly initialised layer is the plain normalisation; we do the same:
 The generator (thesis Fig. 2.12) has no encoder: it starts from m resized to crop_size / 2**num_upsampling,
 a 3x3 conv, then SPADE ResBlocks with nearest x2 upsampling (the authors' "normal" layout: a block,
 up, two blocks, then up + block halving the width, until full size), LeakyReLU, a 3x3 conv to RGB and
-tanh. Spectral norm on every conv of G and D, as the thesis. No VAE image encoder (the multi-modal
-and style-guided synthesis of the thesis' Sec. 2.3): G is deterministic.
+tanh. Spectral norm on every conv of G (the thesis) and on D's middle convs (the authors' code). No VAE
+image encoder (the multi-modal and style-guided synthesis of the thesis' Sec. 2.3): G is deterministic.
 
 The discriminator is pix2pixHD's multiscale PatchGAN on (one-hot labels, image): ``num_D`` PatchGANs
 of depth ``n_layers_D`` (k4 convs, stride 2 but the last two, InstanceNorm), the image halved (3x3
