@@ -494,3 +494,24 @@ def test_swapae_translates_from_the_command_line_with_its_own_or_another_images_
     torch.save({k: v for k, v in snap.items() if k != "E"}, old)
     with pytest.raises(ValueError, match="without its encoder E"):
         load_generator(old)
+
+
+def test_ship_swapae_keeps_only_e_and_g_of_the_final_snapshot_and_refuses_an_unfinished_run(swapae_run, tmp_path):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+    import ship_swapae
+
+    from cutlib.runs import load_checkpoint
+
+    evaluate_run(swapae_run, device="cpu", epochs="final")
+    assert ship_swapae.main(["--run", str(swapae_run), "--out", str(tmp_path / "shipped")]) == 0
+    shipped = load_checkpoint(tmp_path / "shipped" / ship_swapae.WEIGHTS)
+    assert set(shipped) == {"E", "G", "config", "epoch", "step"} and shipped["step"] == 8
+    _, model = load_run(swapae_run)
+    assert all(torch.equal(v, model.G.state_dict()[k]) for k, v in shipped["G"].items())
+    assert json.loads((tmp_path / "shipped" / "eval.json").read_text())["final"]["step"] == 8
+    partial = tmp_path / "partial"
+    shutil.copytree(swapae_run, partial)
+    (partial / "epochs" / "G_epoch002.pt").unlink()  # the last snapshot is no longer the final weights
+    with pytest.raises(SystemExit, match="not the final weights"):
+        ship_swapae.main(["--run", str(partial), "--out", str(tmp_path / "no")])
+    assert not (tmp_path / "no").exists()
