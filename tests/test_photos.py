@@ -10,7 +10,6 @@ import os
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from conftest import shared_dataset
 from cutlib.photos import (
