@@ -25,11 +25,10 @@ import scipy.stats
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from cutlib.data.splits import benchmark_of, read_images, read_labels
 from cutlib.data.synthetic import BUILTIN
-from cutlib.segmentation import SmallUNet, segmentation_scores  # SmallUNet: re-exported, it lived here
+from cutlib.segmentation import SmallUNet, fit_segmenter, segmentation_scores  # SmallUNet: re-exported, it lived here
 from cutlib.runs import cached_network
 
 EVALUATOR_VERSION = 2  # bump when the evaluators change: old cache files are then ignored
@@ -118,27 +117,17 @@ def train_evaluator(dataset_dir: str | Path, size: int = 64, seed: int = 0, step
     with torch.random.fork_rng(devices=[]):  # seeded initialisation without touching the global RNG
         torch.manual_seed(seed)
         evaluator = BuiltinEvaluator(benchmark, classes, size, seed, width)
-    net = evaluator.net.train()
-    optimizer = torch.optim.Adam(net.parameters(), lr=lr)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1 - s / steps)
     n_noise = batch_size // 8 if benchmark == "stripes" else 0
+
+    def with_noise(x: Tensor, y: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        return (torch.cat([_noise_images(n_noise, size, generator), x[n_noise:]]),
+                torch.cat([torch.zeros_like(y[:n_noise]), y[n_noise:]]))
+
     start = time.perf_counter()
-    for _ in tqdm(range(steps), disable=not progress, desc=f"training the {benchmark} evaluator"):
-        idx = torch.randint(len(images), (batch_size,), generator=generator)
-        x, y = images[idx], labels[idx]  # (B, 3, S, S), (B, S, S)
-        if n_noise:
-            x = torch.cat([_noise_images(n_noise, size, generator), x[n_noise:]])
-            y = torch.cat([torch.zeros_like(y[:n_noise]), y[n_noise:]])
-        flip = torch.rand(batch_size, generator=generator) < 0.5
-        x = torch.where(flip[:, None, None, None], x.flip(3), x)
-        y = torch.where(flip[:, None, None], y.flip(2), y)
-        loss = F.cross_entropy(net(x), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        schedule.step()
+    loss = fit_segmenter(evaluator.net, images, labels, steps, batch_size, lr, generator, with_noise if n_noise else None,
+                         f"training the {benchmark} evaluator" if progress else None)
     evaluator.eval()
-    evaluator.info = {"steps": steps, "batch_size": batch_size, "width": width, "lr": lr, "final_loss": loss.item(),
+    evaluator.info = {"steps": steps, "batch_size": batch_size, "width": width, "lr": lr, "final_loss": loss,
                       "train_seconds": round(time.perf_counter() - start, 2), "dataset_dir": str(dataset_dir)}
     return evaluator
 

@@ -122,13 +122,26 @@ def train_segmenter(images: Tensor, labels: Tensor, num_classes: int, steps: int
     with torch.random.fork_rng(devices=[]):  # seeded initialisation without touching the global RNG
         torch.manual_seed(seed)
         net = SmallUNet(num_classes, width)
+    net.final_loss = fit_segmenter(net, images, labels.long(), steps, batch_size, lr, generator)
+    return net.eval()
+
+
+def fit_segmenter(net: nn.Module, images: Tensor, labels: Tensor, steps: int, batch_size: int, lr: float,
+                  generator: torch.Generator, mix=None, progress: str | None = None) -> float:
+    """The training loop of every course segmenter: random batches of (images, labels), random horizontal
+    flips, cross-entropy, Adam with a linear decay to 0. ``mix(x, y, generator) -> (x, y)`` may change a
+    batch before the flips (the stripes evaluator's noise images); ``progress``: a tqdm label. Returns the
+    last loss; ``net`` is left in train mode."""
+    from tqdm.auto import tqdm
+
     net.train()
     optimizer = torch.optim.Adam(net.parameters(), lr=lr)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1 - s / steps)
-    labels = labels.long()
-    for _ in range(steps):
+    for _ in tqdm(range(steps), disable=progress is None, desc=progress):
         idx = torch.randint(len(images), (batch_size,), generator=generator)
         x, y = images[idx], labels[idx]  # (B, 3, S, S), (B, S, S)
+        if mix is not None:
+            x, y = mix(x, y, generator)
         flip = torch.rand(batch_size, generator=generator) < 0.5
         x = torch.where(flip[:, None, None, None], x.flip(3), x)
         y = torch.where(flip[:, None, None], y.flip(2), y)
@@ -137,8 +150,7 @@ def train_segmenter(images: Tensor, labels: Tensor, num_classes: int, steps: int
         loss.backward()
         optimizer.step()
         schedule.step()
-    net.final_loss = loss.item()
-    return net.eval()
+    return loss.item()
 
 
 @torch.no_grad()

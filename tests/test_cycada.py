@@ -302,3 +302,22 @@ def test_the_papermill_runner_and_a_grid_dry_run_accept_cycada(tmp_path):
     done = subprocess.run([sys.executable, "-m", "cutlib", "grid", str(tmp_path / "grid.json"), "--dry-run"],
                           capture_output=True, text=True, env={**os.environ, "CUTLIB_RUNS": str(tmp_path / "runs")})
     assert done.returncode != 0 and "lambda_sem" in done.stdout + done.stderr
+
+
+def test_fit_segmenter_applies_mix_to_every_batch_before_the_flips():
+    import torch
+
+    from cutlib.segmentation import SmallUNet, fit_segmenter
+
+    seen = []
+
+    def mix(x, y, generator):  # every batch becomes one class-2 map: the net must learn to say 2
+        seen.append(tuple(x.shape))
+        return x, torch.full_like(y, 2)
+
+    torch.manual_seed(0)
+    net = SmallUNet(3, 4)
+    images, labels = torch.rand(6, 3, 16, 16), torch.zeros(6, 16, 16, dtype=torch.long)
+    loss = fit_segmenter(net, images, labels, steps=150, batch_size=2, lr=3e-2, generator=torch.Generator().manual_seed(0), mix=mix)
+    assert seen == [(2, 3, 16, 16)] * 150 and loss < 0.5 and net.training
+    assert (net.eval()(images).argmax(dim=1) == 2).float().mean() > 0.9  # it learnt the mixed labels, not the given ones
