@@ -1,6 +1,7 @@
 """Seconds per iteration and peak memory of CUT, FastCUT and CycleGAN: the paper's Table 1, measured here.
 
     python -m cutlib bench --presets cut,fastcut,cyclegan --size 256 --steps 5 [--device cpu|cuda] [--json OUT.json]
+                           [--precision fp32,bf16] [--channels-last] [--compile]
 
 Each preset trains on synthetic random batches (batch 1, ``size`` x ``size``; no dataset needed) with
 the full reference networks unless overridden (--ngf 16 ...). One iteration is one ``training_step``
@@ -8,6 +9,10 @@ the full reference networks unless overridden (--ngf 16 ...). One iteration is o
 (allocations, kernel selection); the median and the quartiles of the next ``steps`` are reported,
 in wall-clock seconds (the paper's measure) and in CPU seconds of the process (all its threads),
 which other programs competing for a shared CPU disturb much less.
+
+Each precision (fp32, bf16 autocast) is measured in NCHW, with --channels-last also in NHWC, and with
+--compile all of these again with torch.compile (cutlib.models.compile_networks): its warm-up steps
+compile, their times are kept as ``warmup_s``; on a CPU its memory figure includes the compiler's.
 
 Memory: on a GPU, torch.cuda.max_memory_allocated (tensors only: weights, gradients, Adam states,
 activations). On a CPU, the process's peak resident memory (RSS) during the run minus its RSS just
@@ -108,7 +113,7 @@ def measure(preset: str, size: int = 256, steps: int = 5, warmup: int = 1, devic
     """Time ``warmup + steps`` training iterations of ``preset`` in THIS process; see the module docstring.
 
     The CPU memory figure is only meaningful in a fresh process (bench(..., isolate=True) does that)."""
-    from cutlib.models import build_model
+    from cutlib.models import build_model, compile_networks
 
     device = str(resolve_device(device))
     cfg = bench_config(preset, size, device, **{"seed": seed, **overrides})
@@ -132,7 +137,9 @@ def measure(preset: str, size: int = 256, steps: int = 5, warmup: int = 1, devic
         torch.cuda.reset_peak_memory_stats(device)
     torch.manual_seed(seed)
     model = build_model(cfg, device)
-    times, cpu_times = [], []  # wall-clock and CPU seconds (all threads of this process) per iteration
+    if cfg.compile:
+        compile_networks(model)
+    times, cpu_times, warm = [], [], []  # wall-clock and CPU seconds (all threads of this process) per iteration
     for i, batch in enumerate(batches):
         if cuda:
             torch.cuda.synchronize(device)
@@ -143,12 +150,14 @@ def measure(preset: str, size: int = 256, steps: int = 5, warmup: int = 1, devic
         if i >= warmup:
             times.append(time.perf_counter() - t0)
             cpu_times.append(time.process_time() - c0)
+        else:
+            warm.append(time.perf_counter() - t0)
     q25, _, q75 = statistics.quantiles(times, n=4, method="inclusive") if len(times) > 1 else (times[0],) * 3
     row = {
         "preset": preset, "model": cfg.model, "size": size, "batch_size": cfg.batch_size, "steps": steps, "warmup": warmup,
         "device": device, "threads": torch.get_num_threads(),
         "median_s": statistics.median(times), "q25_s": q25, "q75_s": q75, "min_s": min(times), "max_s": max(times),
-        "times_s": times, "cpu_median_s": statistics.median(cpu_times), "cpu_times_s": cpu_times,
+        "times_s": times, "cpu_median_s": statistics.median(cpu_times), "cpu_times_s": cpu_times, "warmup_s": warm,
         "params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 3),
     }
     if cuda:
@@ -178,22 +187,25 @@ def _measure_in_fresh_process(**kwargs) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def _variants(precisions, channels_last: bool) -> list[dict]:
-    """The (precision, layout) combinations to measure: every precision in NCHW, then in NHWC when asked."""
+def _variants(precisions, channels_last: bool, compile: bool = False) -> list[dict]:
+    """The (precision, layout, compile) combinations to measure: every precision in NCHW, then in NHWC when
+    asked; eager, then compiled when asked."""
     if isinstance(precisions, str):
         precisions = [p.strip() for p in precisions.split(",") if p.strip()]
     bad = [p for p in precisions if p not in ("fp32", "bf16")]
     if not precisions or bad:
         raise ValueError(f"precisions must be fp32 and/or bf16 (comma-separated), got {precisions!r}")
-    return [dict(precision=p, channels_last=cl) for cl in [False] + [True] * channels_last for p in precisions]
+    return [dict(precision=p, channels_last=cl, compile=cp)
+            for cp in [False] + [True] * compile for cl in [False] + [True] * channels_last for p in precisions]
 
 
 def bench(presets=("cut", "fastcut", "cyclegan"), size: int = 256, steps: int = 5, device: str = "auto", warmup: int = 1,
           isolate: bool = True, seed: int = 0, progress: bool = False, precisions=("fp32",), channels_last: bool = False,
-          **overrides) -> list[dict]:
-    """measure() each preset in each precision and layout (each in a fresh process when isolate),
-    then add the ratios to CycleGAN (same mode), the speed-up over the preset's fp32 eager NCHW row and the
-    paper's figures. ``presets`` and ``precisions``: lists or comma-separated strings. One dict per row."""
+          compile: bool = False, **overrides) -> list[dict]:
+    """measure() each preset in each precision, layout and (when ``compile``) eager and compiled, each in a
+    fresh process when isolate; then add the ratios to CycleGAN (same mode), the speed-up over the preset's
+    fp32 eager NCHW row and the paper's figures. ``presets`` and ``precisions``: lists or comma-separated
+    strings. One dict per row. Compiled rows compile in their warm-up steps (at least one)."""
     if isinstance(presets, str):
         presets = [p.strip() for p in presets.split(",") if p.strip()]
     presets = [p.lower() for p in presets]
@@ -203,8 +215,10 @@ def bench(presets=("cut", "fastcut", "cyclegan"), size: int = 256, steps: int = 
         raise ValueError(f"steps must be an integer >= 1 and warmup >= 0, got steps={steps!r}, warmup={warmup!r}")
     if not isinstance(size, int) or size < 32:
         raise ValueError(f"size must be an integer of at least 32 px (the PatchGAN needs it), got {size!r}")
+    if compile and warmup < 1:
+        raise ValueError("compiled rows need warmup >= 1: the first step compiles (tens of seconds)")
     device = str(resolve_device(device))
-    modes = _variants(precisions, channels_last)
+    modes = _variants(precisions, channels_last, compile)
     for name in presets:  # fail on a bad name or override before any subprocess starts
         bench_config(name, size, device, **overrides)
     rows = []
@@ -214,11 +228,11 @@ def bench(presets=("cut", "fastcut", "cyclegan"), size: int = 256, steps: int = 
                 print(f"bench: {name} {mode} ...", file=sys.stderr, flush=True)
             args = dict(preset=name, size=size, steps=steps, warmup=warmup, device=device, seed=seed, **overrides, **mode)
             rows.append({**(_measure_in_fresh_process(**args) if isolate else measure(**args)), **mode})
-    same_mode = lambda r, q: all(r[k] == q[k] for k in ("precision", "channels_last"))  # noqa: E731
+    same_mode = lambda r, q: all(r[k] == q[k] for k in ("precision", "channels_last", "compile"))  # noqa: E731
     for row in rows:
         base = next((r for r in rows if r["preset"] == BASELINE and same_mode(r, row)), None)
         eager = next((r for r in rows if r["preset"] == row["preset"] and r["precision"] == "fp32"
-                      and not r["channels_last"]), None)
+                      and not r["channels_last"] and not r["compile"]), None)
         row["speedup_vs_fp32"] = eager["median_s"] / row["median_s"] if eager else None
         row["cpu_speedup_vs_fp32"] = eager["cpu_median_s"] / row["cpu_median_s"] if eager else None
         row["memory_vs_fp32"] = row["memory_mb"] / eager["memory_mb"] if eager and eager["memory_mb"] > 0 else None
@@ -236,14 +250,14 @@ def format_table(rows: list[dict]) -> str:
     """A plain-text table of bench() rows: mode, wall time (median [q25, q75]), CPU time, memory, speed-up over
     the preset's fp32 eager row, ratios to CycleGAN (CG) measured here and in the paper."""
     fmt = lambda v, spec: "-" if v is None else format(v, spec)  # noqa: E731
-    head = (f"{'preset':<9} {'mode':<14} {'s/iter':>7} {'[q25, q75]':>16} {'CPU s/iter':>10} {'memory MB':>9} "
+    head = (f"{'preset':<9} {'mode':<19} {'s/iter':>7} {'[q25, q75]':>16} {'CPU s/iter':>10} {'memory MB':>9} "
             f"{'x fp32':>6} {'mem/fp32':>8} {'time/CG':>7} {'CPU/CG':>6} {'mem/CG':>6} {'paper time/CG':>13} {'paper mem/CG':>12}")
     lines = [head, "-" * len(head)]
     for r in rows:
         spread = f"[{r['q25_s']:.3f}, {r['q75_s']:.3f}]"
-        mode = r.get("precision", "fp32") + (" nhwc" if r.get("channels_last") else "")
+        mode = " ".join([r.get("precision", "fp32")] + ["nhwc"] * bool(r.get("channels_last")) + ["compiled"] * bool(r.get("compile")))
         lines.append(
-            f"{r['preset']:<9} {mode:<14} {r['median_s']:>7.3f} {spread:>16} {r['cpu_median_s']:>10.3f} {r['memory_mb']:>9.0f} "
+            f"{r['preset']:<9} {mode:<19} {r['median_s']:>7.3f} {spread:>16} {r['cpu_median_s']:>10.3f} {r['memory_mb']:>9.0f} "
             f"{fmt(r.get('cpu_speedup_vs_fp32'), '.2f'):>6} {fmt(r.get('memory_vs_fp32'), '.2f'):>8} "
             f"{fmt(r['time_vs_cyclegan'], '.2f'):>7} {fmt(r['cpu_time_vs_cyclegan'], '.2f'):>6} "
             f"{fmt(r['memory_vs_cyclegan'], '.2f'):>6} {fmt(r['paper_time_vs_cyclegan'], '.3f'):>13} "
@@ -275,7 +289,9 @@ def build_parser() -> argparse.ArgumentParser:
     # crop/load size stay accepted (not listed) so that bench_config can point to --size
     p.add_argument("--precision", default="fp32", help="comma-separated precisions to measure: fp32, bf16 (default fp32)")
     p.add_argument("--channels-last", action="store_true", help="also measure each precision in NHWC layout")
-    add_config_options(p, exclude=("device", "seed", "precision", "channels_last"),
+    p.add_argument("--compile", action="store_true", help="also measure each combination with torch.compile (the "
+                   "warm-up steps compile)")
+    add_config_options(p, exclude=("device", "seed", "precision", "channels_last", "compile"),
                        hide=sorted(set(FIXED) - {"device"}))
     return p
 
@@ -286,7 +302,7 @@ def cli(argv: list[str]) -> int:
     try:
         rows = bench(args.presets, args.size, args.steps, args.device, args.warmup, isolate=not args.in_process,
                      seed=args.seed, progress=True, precisions=args.precision, channels_last=args.channels_last,
-                     **overrides)
+                     compile=args.compile, **overrides)
     except (ValueError, TypeError, RuntimeError) as err:
         print(f"cutlib bench: {err}", file=sys.stderr)
         return 1
@@ -299,7 +315,7 @@ def cli(argv: list[str]) -> int:
     if args.json:
         out = {"command": " ".join(["python -m cutlib bench", *argv]), "machine": machine,
                "settings": {"size": args.size, "steps": args.steps, "warmup": args.warmup, "seed": args.seed,
-                            "precisions": args.precision, "channels_last": args.channels_last,
+                            "precisions": args.precision, "channels_last": args.channels_last, "compile": args.compile,
                             "isolated": not args.in_process, "overrides": overrides},
                "results": rows}
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)

@@ -55,6 +55,18 @@ class BlurDownsample(nn.Module):
         return F.conv2d(x, self.filt, stride=self.stride, groups=x.shape[1])
 
 
+def replicate_pad1(x: Tensor) -> Tensor:
+    """F.pad(x, (1, 1, 1, 1), mode="replicate"); under torch.compile the same copy by indexing, as the compiler's
+    shape rule for the replicate pad's backward gives wrong strides (torch 2.14: "expected size 128==128, stride
+    1==4096" in replication_pad2d_backward). (B, C, H, W) -> (B, C, H+2, W+2)."""
+    if not torch.compiler.is_compiling():
+        return F.pad(x, (1, 1, 1, 1), mode="replicate")
+    h, w = x.shape[-2:]
+    rows = torch.arange(-1, h + 1, device=x.device).clamp(0, h - 1)  # -1 .. h, clamped to the edge rows
+    cols = torch.arange(-1, w + 1, device=x.device).clamp(0, w - 1)
+    return x[:, :, rows][:, :, :, cols]
+
+
 class BlurUpsample(nn.Module):
     """Anti-aliased 2x upsampling: replicate-pad 1, depthwise transposed conv with 4 * [1,3,3,1]x[1,3,3,1]
     (normalised), stride 2, cropped to exactly (B, C, 2H, 2W)."""
@@ -66,7 +78,7 @@ class BlurUpsample(nn.Module):
         self.register_buffer("filt", (4 * _binomial_filter([1, 3, 3, 1])).expand(channels, 1, 4, 4).clone())
 
     def forward(self, x: Tensor) -> Tensor:
-        x = F.pad(x, (1, 1, 1, 1), mode="replicate")  # (B, C, H+2, W+2)
+        x = replicate_pad1(x)  # (B, C, H+2, W+2)
         y = F.conv_transpose2d(x, self.filt, stride=self.stride, padding=2, groups=x.shape[1])  # (B, C, 2H+2, 2W+2)
         return y[:, :, 1:-1, 1:-1]  # (B, C, 2H, 2W)
 

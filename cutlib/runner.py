@@ -41,7 +41,6 @@ def runner_config(preset: str = "cut", dataset="stripes", scale: str = "auto", d
                 **{k: v for k, v in sizes.items() if v is not None}, **fields}
     if scale != "paper" and str(preset).lower() == "sincut":  # 64 px crops zoomed from the one image
         settings.update(load_size=max(settings.get("load_size", 64), 64), crop_size=64)
-    if scale != "paper" and str(preset).lower() == "spade":  # a 4 px start at 32 px (the preset's 1/32: 256 px) and
-        settings.setdefault("num_upsampling", 3)  # a discriminator of depth 3, which the trainer's check accepts at 32 px
-        settings.setdefault("n_layers_D", 3)
+    if scale != "paper" and str(preset).lower() == "spade":  # a 4 px start at 32 px (the preset's 1/32: 256 px); its
+        settings.setdefault("num_upsampling", 3)  # multiscale D of depth 4 fits 32 px (cutlib.models.check_discriminator)
     return C.preset(str(preset), **settings)

@@ -33,7 +33,7 @@ SAMPLES_DIR = "samples"
 EPOCHS_DIR = "epochs"
 # fields that may change when a run is resumed; anything else must match the saved config
 RESUMABLE_CHANGES = {"max_steps", "device", "num_workers", "log_every", "sample_every", "save_every", "n_epochs",
-                     "n_epochs_decay", "precision", "channels_last"}
+                     "n_epochs_decay", "precision", "channels_last", "compile"}
 # what a cutlib checkpoint holds besides tensors and containers: numpy's RNG state
 _NUMPY_GLOBALS = [np._core.multiarray._reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
 

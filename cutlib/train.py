@@ -24,10 +24,10 @@ import torch.distributed as dist
 from cutlib import config as C
 from cutlib.config import TrainConfig
 from cutlib.data import load_dataset, sample_images
-from cutlib.data.loader import epoch_loader
+from cutlib.data.loader import TrainLoader
 from cutlib.distributed import average_losses, distribute, setup_distributed, unwrap
 from cutlib.files import FolderBusy, append_text, check_folder_path, describe_os_error, locked_folder, write_text
-from cutlib.models import build_model
+from cutlib.models import build_model, check_discriminator, compile_networks
 from cutlib.runs import (CHECKPOINT, CONFIG_FILE, EPOCHS_DIR, METRICS_FILE, SAMPLES_DIR, check_preset, load_checkpoint,
                          load_run, planned_steps, resumed_config, rng_state, run_progress, save_checkpoint, saved_config,
                          set_rng_state, snapshot_networks, trim_metrics)
@@ -42,20 +42,6 @@ class TrainingDiverged(RuntimeError):
 
 class RunFinished(ValueError):
     """A resumed run has no steps left to train."""
-
-
-def check_discriminator(cfg: TrainConfig) -> None:
-    """Pass one crop-sized zero image through a discriminator built from ``cfg`` alone, so that one
-    too deep for the crop (n_layers_D 6 on 32 px) is refused before anything is written."""
-    from cutlib.networks import build_discriminator
-
-    D = build_discriminator(cfg)
-    try:
-        with torch.no_grad():
-            D(torch.zeros(1, cfg.output_nc, cfg.crop_size, cfg.crop_size))
-    except (RuntimeError, ValueError) as err:  # a kernel larger than its input, or a 1x1 map for InstanceNorm
-        raise ValueError(f"the discriminator (netD={cfg.netD}, n_layers_D={cfg.n_layers_D}) does not fit crop_size "
-                         f"{cfg.crop_size} ({str(err).splitlines()[0]}); lower --n-layers-D or raise --crop-size") from None
 
 
 def linear_decay(epoch: int, n_epochs: int, n_epochs_decay: int) -> float:
@@ -125,6 +111,7 @@ class Trainer:
                 f"the dataset {cfg.dataset!r} has {len(self.dataset)} training pairs, fewer than batch_size="
                 f"{cfg.batch_size}; lower --batch-size or add images"
             )
+        self.loader = TrainLoader(self.dataset, cfg, self.device)  # its workers persist from epoch to epoch
         self.model = build_model(cfg, self.device)
         self.schedulers = make_schedulers(self.model, cfg)
         self.step, self.epoch, self.batch_in_epoch = 0, 1, 0  # epoch is 1-based; batch_in_epoch done so far
@@ -132,6 +119,8 @@ class Trainer:
             self._restore(saved)  # every process loads the checkpoint, then wraps its networks
         if self.world_size > 1:
             distribute(self.model, self.device)
+        if cfg.compile:
+            compile_networks(self.model)
         self.samples = sample_images(cfg, cfg.num_samples)
         if self.world_size > 1:
             dist.barrier()  # every process has checked for an existing run before rank 0 writes one
@@ -239,17 +228,14 @@ class Trainer:
         bar = tqdm(total=self.total_steps(), initial=self.step, disable=not (self.progress and self.is_main), desc=f"{cfg.model} {cfg.dataset}", unit="it")
         losses: dict = {}
         while not self.done() and self.epoch <= self.total_epochs:
-            ds = self.dataset
-            ds.set_epoch(self.epoch)
             if hasattr(self.model, "set_epoch"):  # objectives with an epoch schedule (Hneg-SRC's temperature)
                 self.model.set_epoch(self.epoch)
-            ds.jitter = not (cfg.decay_no_jitter and self.epoch > cfg.n_epochs)
-            batches = epoch_batches(self.epoch_len, cfg.batch_size, cfg.seed, self.epoch, len(ds))[self.batch_in_epoch :]
+            jitter = not (cfg.decay_no_jitter and self.epoch > cfg.n_epochs)  # the decay epochs: no random crop
+            batches = epoch_batches(self.epoch_len, cfg.batch_size, cfg.seed, self.epoch, len(self.dataset))[self.batch_in_epoch :]
             if self.world_size > 1:  # each process takes its slice of every global batch (not a DistributedSampler:
                 share = cfg.batch_size // self.world_size  # the step sequence stays that of one process, resume exact)
                 batches = [b[self.rank * share : (self.rank + 1) * share] for b in batches]
-            loader = epoch_loader(ds, batches, cfg, self.epoch, self.device)
-            for batch in loader:
+            for batch in self.loader.epoch(batches, self.epoch, jitter):
                 t0 = time.perf_counter()
                 losses = self.model.training_step(batch)
                 if self.world_size > 1:
@@ -279,6 +265,7 @@ class Trainer:
             if self.batch_in_epoch >= self.epoch_len // cfg.batch_size:  # the epoch is complete
                 self._end_epoch()
         bar.close()
+        self.loader.close()
         self.write_samples()
         self.save()
         if self.world_size > 1:

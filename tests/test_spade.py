@@ -22,7 +22,7 @@ from cutlib.data import PairedImageFolder, load_dataset
 from cutlib.data.city import CITY_PALETTE, _city_layout, _city_photo
 from cutlib.data.drawing import SPLITS
 from cutlib.data.synthetic import generator_version, make_dataset
-from cutlib.models import build_model
+from cutlib.models import build_model, check_discriminator
 from cutlib.models.spade import (SPADE, MultiscaleDiscriminator, SPADEGenerator, SPADEModel, colour_to_onehot,
                                  feature_matching_loss, hinge_d_loss, hinge_g_loss, init_xavier)
 from cutlib.runs import CHECKPOINT, load_run
@@ -229,7 +229,10 @@ def test_the_runner_sets_a_4px_start_at_small_scales():
     from cutlib.runner import runner_config
 
     cfg = runner_config("spade", "city", "tiny")
-    assert cfg.num_upsampling == 3 and cfg.n_layers_D == 3 and cfg.crop_size == 32
+    assert cfg.num_upsampling == 3 and cfg.n_layers_D == 4 and cfg.crop_size == 32  # the preset's own D depth
+    check_discriminator(cfg)  # SPADE's multiscale D of depth 4 fits 32 px (padded k4 convs) ...
+    with pytest.raises(ValueError, match="does not fit crop_size 32"):  # ... where the course's PatchGAN does not
+        check_discriminator(C.preset("cut", crop_size=32, load_size=32, n_layers_D=4))
     assert runner_config("spade", "city", "tiny", overrides={"num_upsampling": 2}).num_upsampling == 2
 
 

@@ -115,6 +115,7 @@ class TrainConfig:
     device: str = "auto"  # "auto": cuda when available, else cpu
     precision: Literal["auto", "fp32", "bf16"] = "fp32"  # forward passes in bf16 autocast ("auto": where fast); weights stay fp32
     channels_last: bool = False  # NHWC memory layout of the networks and images
+    compile: bool = False  # torch.compile the convolutional networks while training (first step compiles: about a minute)
     log_every: int = 10  # steps between lines of metrics.jsonl
     sample_every: int = 0  # steps between sample grids (0: once per epoch and at the end)
     save_every: int = 0  # steps between checkpoints (0: once per epoch and at the end)

@@ -1,14 +1,20 @@
-"""Feeding the trainer: one DataLoader per epoch over that epoch's batches, with worker processes that
-decode and resize off the critical path where it pays (``num_workers="auto"``), pinned memory and
-persistent workers on a GPU.
+"""Feeding the trainer: one DataLoader for the whole run, whose worker processes (where they pay,
+``num_workers="auto"``) decode and resize off the critical path and live from the first epoch to the
+last (persistent workers), with pinned memory on a GPU.
+
+Each epoch hands the loader its batches of item keys ``(epoch, jitter, index)``: a worker sets its copy
+of the dataset to that epoch and jitter before it reads the item, so the workers never need to hear of
+a new epoch, and an item is the same with any number of workers (its randomness is a function of
+(seed, epoch, index): cutlib.data.folders.item_rng).
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
 
 def resolve_num_workers(num_workers: int | str, device: torch.device | str, cpu_count: int | None = None) -> int:
@@ -23,12 +29,60 @@ def resolve_num_workers(num_workers: int | str, device: torch.device | str, cpu_
     return max(0, min(8, cores - 1))
 
 
-def epoch_loader(dataset, batches: list[list[int]], cfg, epoch: int, device: torch.device) -> DataLoader:
-    """The DataLoader of one epoch: ``batches`` (lists of item indices) of ``dataset``. Its own seeded
-    generator: otherwise each DataLoader draws from the global RNG and a mid-epoch resume changes it.
-    Items depend only on (seed, epoch, index), so any number of workers yields the same batches."""
-    workers = resolve_num_workers(cfg.num_workers, device)
-    cuda = torch.device(device).type == "cuda"
-    return DataLoader(dataset, batch_sampler=batches, num_workers=workers, pin_memory=cuda,
-                      persistent_workers=False, prefetch_factor=4 if workers else None,
-                      generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch))
+class EpochItems(Dataset):
+    """``dataset`` read by keys ``(epoch, jitter, index)``: item ``index`` as that epoch draws it, with or
+    without the random crop (``jitter``; False in the decay epochs). Datasets without jitter ignore it."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, bool, int]) -> dict:
+        epoch, jitter, index = key
+        self.dataset.set_epoch(epoch)
+        if hasattr(self.dataset, "jitter"):
+            self.dataset.jitter = jitter
+        return self.dataset[index]
+
+
+class EpochBatches:
+    """The batch sampler of the run's loader: the current epoch's batches of keys (set by TrainLoader.epoch)."""
+
+    def __init__(self):
+        self.batches: list[list[tuple[int, bool, int]]] = []
+
+    def __iter__(self):
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+class TrainLoader:
+    """The trainer's data: one DataLoader over ``dataset`` for the whole run. ``epoch(batches, epoch, jitter)``
+    iterates that epoch's ``batches`` (lists of item indices). Its workers start once and persist across
+    epochs (``persistent_workers``); pinned memory and a prefetch of 4 batches per worker on a GPU."""
+
+    def __init__(self, dataset, cfg, device: torch.device | str):
+        self.workers = resolve_num_workers(cfg.num_workers, device)
+        self.sampler = EpochBatches()
+        cuda = torch.device(device).type == "cuda"
+        # its own seeded generator: a DataLoader without one draws from the global RNG, which a resume would change
+        self.loader = DataLoader(EpochItems(dataset), batch_sampler=self.sampler, num_workers=self.workers,
+                                 pin_memory=cuda, persistent_workers=self.workers > 0,
+                                 prefetch_factor=4 if self.workers else None,
+                                 generator=torch.Generator().manual_seed(cfg.seed * 100_003))
+
+    def epoch(self, batches: list[list[int]], epoch: int, jitter: bool = True) -> Iterator[dict]:
+        """The batches of one epoch, collated (dict of stacked tensors and path lists)."""
+        self.sampler.batches = [[(int(epoch), bool(jitter), int(i)) for i in batch] for batch in batches]
+        return iter(self.loader)
+
+    def close(self) -> None:
+        """Stop the persistent workers now (else they stop when the loader is garbage-collected)."""
+        iterator = getattr(self.loader, "_iterator", None)  # DataLoader keeps its persistent iterator here
+        if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+            iterator._shutdown_workers()
+        self.loader._iterator = None

@@ -24,6 +24,7 @@ from cutlib.models.dclgan import DCLGANModel
 from cutlib.models.sincut import SinCUTModel
 from cutlib.models.spade import SPADEModel
 from cutlib.models.swapae import SwappingAutoencoderModel
+from cutlib.networks import build_discriminator
 
 MODELS: dict[str, type[nn.Module]] = {"cut": CUTModel, "cyclegan": CycleGANModel, "sincut": SinCUTModel,
                                       "dclgan": DCLGANModel, "swapae": SwappingAutoencoderModel, "spade": SPADEModel,
@@ -43,5 +44,31 @@ def build_model(cfg: TrainConfig, device: torch.device | str = "cpu") -> nn.Modu
     return model_class(cfg.model)(cfg, device)
 
 
+def check_discriminator(cfg: TrainConfig) -> None:
+    """Pass one crop-sized zero image through a discriminator built from ``cfg`` alone, so that one
+    too deep for the crop (n_layers_D 6 on 32 px) is refused before anything is written. The discriminator
+    is the model's own where its class has ``make_discriminator(cfg) -> (D, input channels)`` (SPADE's
+    multiscale D on labels + image), else the course's (cutlib.networks.build_discriminator)."""
+    make = getattr(model_class(cfg.model), "make_discriminator", None)
+    D, channels = make(cfg) if make else (build_discriminator(cfg), cfg.output_nc)
+    try:
+        with torch.no_grad():
+            D(torch.zeros(1, channels, cfg.crop_size, cfg.crop_size))
+    except (RuntimeError, ValueError) as err:  # a kernel larger than its input, or a 1x1 map for InstanceNorm
+        raise ValueError(f"the discriminator (netD={cfg.netD}, n_layers_D={cfg.n_layers_D}) does not fit crop_size "
+                         f"{cfg.crop_size} ({str(err).splitlines()[0]}); lower --n-layers-D or raise --crop-size") from None
+
+
+def compile_networks(model: nn.Module) -> tuple[str, ...]:
+    """torch.compile, in place, the convolutional networks ``model.compiled_networks`` names (default: G and D),
+    for training with ``TrainConfig.compile``. In place (``nn.Module.compile``): the state dicts keep their
+    keys, so checkpoints of compiled and eager runs are the same. The projection heads, which gather random
+    patches, stay eager. The first step of each input shape compiles (about a minute on a CPU). Returns the names."""
+    names = tuple(getattr(model, "compiled_networks", ("G", "D")))
+    for name in names:
+        getattr(model, name).compile()
+    return names
+
+
 __all__ = ["MODELS", "CUTModel", "CyCADAModel", "CycleGANModel", "DCLGANModel", "SinCUTModel", "SPADEModel", "SwappingAutoencoderModel", "build_model",
-           "model_class"]
+           "check_discriminator", "compile_networks", "model_class"]

@@ -110,6 +110,7 @@ class CycleGANModel(nn.Module):
         }
         self.rng = torch.Generator().manual_seed(cfg.seed)  # the pools' draws: checkpointed by the trainer
 
+    compiled_networks = ("G", "F", "D_X", "D_Y")  # with cfg.compile (cutlib.models.compile_networks)
     ddp_networks = ("G", "F", "D_X", "D_Y")  # under torchrun; the image pools stay per process (own history)
 
     def check_distributed(self) -> None:

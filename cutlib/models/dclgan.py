@@ -47,6 +47,7 @@ class DCLGANModel(CUTModel):
         self.rng = torch.Generator().manual_seed(cfg.seed)
 
     ddp_networks = ()
+    compiled_networks = ("G", "G_B", "D", "D_B")  # with cfg.compile (cutlib.models.compile_networks)
 
     def check_distributed(self) -> None:
         raise ValueError("DCLGANModel runs in one process: train it without torchrun")

@@ -240,6 +240,12 @@ class SPADEModel(nn.Module):
     the photos of those very layouts (cfg.paired). One step as the authors' trainer: G steps against D,
     then D steps on a fake made again by the updated G (without gradients)."""
 
+    @staticmethod
+    def make_discriminator(cfg: TrainConfig) -> tuple[nn.Module, int]:
+        """SPADE's D for ``cfg`` (not initialised) and its input channels (one-hot labels + image); the trainer's
+        size check (cutlib.models.check_discriminator) runs it on a crop-sized zero input."""
+        return MultiscaleDiscriminator(LABEL_NC + cfg.output_nc, cfg.ndf, cfg.n_layers_D, cfg.num_D), LABEL_NC + cfg.output_nc
+
     def __init__(self, cfg: TrainConfig, device: torch.device | str = "cpu"):
         super().__init__()
         if cfg.gan_mode != "hinge" or not cfg.paired:
@@ -251,8 +257,7 @@ class SPADEModel(nn.Module):
             raise ValueError("SPADE trains in fp32 only here: use --precision fp32")
         self.cfg = cfg
         self.G = init_xavier(spade_generator(cfg), cfg.init_gain)
-        self.D = init_xavier(MultiscaleDiscriminator(LABEL_NC + cfg.output_nc, cfg.ndf, cfg.n_layers_D, cfg.num_D),
-                              cfg.init_gain)
+        self.D = init_xavier(self.make_discriminator(cfg)[0], cfg.init_gain)
         self.to(device, memory_format=torch.channels_last if cfg.channels_last else torch.contiguous_format)
         self.precision = "fp32"
         betas = (cfg.beta1, cfg.beta2)

@@ -291,7 +291,7 @@ class SwappingAutoencoderModel(nn.Module):
         self.rng = torch.Generator().manual_seed(cfg.seed)  # crop windows and flips: checkpointed by the trainer
         self.counter = StepCounter()  # D updates so far, for lazy R1: checkpointed with the networks
 
-    ddp_networks = ("E", "G", "D", "D_patch")
+    ddp_networks = compiled_networks = ("E", "G", "D", "D_patch")
     snapshot_networks = ("E", "G")  # what an epoch snapshot keeps: a swap needs both
 
     def check_distributed(self) -> None:
