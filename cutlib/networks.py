@@ -38,6 +38,23 @@ def _binomial_filter(taps: Sequence[float]) -> Tensor:
     return filt / filt.sum()
 
 
+def pad_same_dtype(x: Tensor, padding: tuple[int, ...], mode: str) -> Tensor:
+    """F.pad(x, padding, mode) in x's own dtype. Autocast runs the reflect and replicate pads in fp32, so
+    under bf16 every pad would cast its input up and the next conv cast it back down (and the backward
+    again): a pad only copies values, so it needs no wider type. Same values as F.pad, fewer copies."""
+    if torch.is_autocast_enabled(x.device.type):
+        with torch.autocast(x.device.type, enabled=False):
+            return F.pad(x, padding, mode=mode)
+    return F.pad(x, padding, mode=mode)
+
+
+class ReflectionPad2d(nn.ReflectionPad2d):
+    """nn.ReflectionPad2d that pads in its input's dtype under autocast (see pad_same_dtype)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return pad_same_dtype(x, self.padding, "reflect")
+
+
 class BlurDownsample(nn.Module):
     """Anti-aliased stride-2 downsampling: reflect-pad 1, depthwise [1,2,1]x[1,2,1] blur, keep every 2nd pixel.
 
@@ -51,16 +68,16 @@ class BlurDownsample(nn.Module):
         self.register_buffer("filt", _binomial_filter([1, 2, 1]).expand(channels, 1, 3, 3).clone())
 
     def forward(self, x: Tensor) -> Tensor:
-        x = F.pad(x, (1, 1, 1, 1), mode="reflect")
+        x = pad_same_dtype(x, (1, 1, 1, 1), "reflect")
         return F.conv2d(x, self.filt, stride=self.stride, groups=x.shape[1])
 
 
 def replicate_pad1(x: Tensor) -> Tensor:
-    """F.pad(x, (1, 1, 1, 1), mode="replicate"); under torch.compile the same copy by indexing, as the compiler's
-    shape rule for the replicate pad's backward gives wrong strides (torch 2.14: "expected size 128==128, stride
-    1==4096" in replication_pad2d_backward). (B, C, H, W) -> (B, C, H+2, W+2)."""
+    """F.pad(x, (1, 1, 1, 1), mode="replicate") in x's dtype (pad_same_dtype); under torch.compile the same copy
+    by indexing, as the compiler's shape rule for the replicate pad's backward gives wrong strides (torch 2.14:
+    "expected size 128==128, stride 1==4096" in replication_pad2d_backward). (B, C, H, W) -> (B, C, H+2, W+2)."""
     if not torch.compiler.is_compiling():
-        return F.pad(x, (1, 1, 1, 1), mode="replicate")
+        return pad_same_dtype(x, (1, 1, 1, 1), "replicate")
     h, w = x.shape[-2:]
     rows = torch.arange(-1, h + 1, device=x.device).clamp(0, h - 1)  # -1 .. h, clamped to the edge rows
     cols = torch.arange(-1, w + 1, device=x.device).clamp(0, w - 1)
@@ -89,8 +106,8 @@ class ResnetBlock(nn.Module):
     def __init__(self, dim: int):
         super().__init__()
         self.conv_block = nn.Sequential(
-            nn.ReflectionPad2d(1), nn.Conv2d(dim, dim, 3), nn.InstanceNorm2d(dim), nn.ReLU(True),
-            nn.ReflectionPad2d(1), nn.Conv2d(dim, dim, 3), nn.InstanceNorm2d(dim),
+            ReflectionPad2d(1), nn.Conv2d(dim, dim, 3), nn.InstanceNorm2d(dim), nn.ReLU(True),
+            ReflectionPad2d(1), nn.Conv2d(dim, dim, 3), nn.InstanceNorm2d(dim),
         )  # fmt: skip
 
     def forward(self, x: Tensor) -> Tensor:
@@ -138,7 +155,7 @@ class ResnetGenerator(nn.Module):
         self.input_nc, self.output_nc, self.ngf, self.n_blocks, self.antialias = input_nc, output_nc, ngf, n_blocks, antialias
         layers: list[tuple[str, nn.Module, int]] = []  # (name, layer, output channels), in reference order
         layers += [
-            ("rgb", nn.ReflectionPad2d(3), input_nc),  # tap "rgb": the padded input itself
+            ("rgb", ReflectionPad2d(3), input_nc),  # tap "rgb": the padded input itself
             ("conv_in", nn.Conv2d(input_nc, ngf, 7), ngf),
             ("norm_in", nn.InstanceNorm2d(ngf), ngf),
             ("relu_in", nn.ReLU(True), ngf),
@@ -165,7 +182,7 @@ class ResnetGenerator(nn.Module):
                 layers += [(f"up{i}", nn.ConvTranspose2d(c, c // 2, 3, stride=2, padding=1, output_padding=1), c // 2)]
             layers += [(f"up{i}_norm", nn.InstanceNorm2d(c // 2), c // 2), (f"up{i}_relu", nn.ReLU(True), c // 2)]
         layers += [
-            ("pad_out", nn.ReflectionPad2d(3), ngf),
+            ("pad_out", ReflectionPad2d(3), ngf),
             ("conv_out", nn.Conv2d(ngf, output_nc, 7), output_nc),
             ("tanh", nn.Tanh(), output_nc),
         ]

@@ -91,3 +91,24 @@ def test_bench_prints_one_row_per_precision():
     rows = [line.split() for line in done.stdout.splitlines() if line.startswith("fastcut ")]
     assert [r[1] for r in rows] == ["fp32", "bf16"]
     assert rows[0][7] == "1.00"  # the fp32 row is its own reference (x fp32 column)
+
+
+@pytest.mark.parametrize("mode", ["reflect", "replicate"])
+def test_pads_stay_in_the_input_dtype_under_autocast_with_the_same_values_and_gradients(mode):
+    from cutlib.networks import ReflectionPad2d, pad_same_dtype
+
+    x = torch.randn(1, 4, 6, 7, dtype=torch.bfloat16, requires_grad=True)
+    with autocast("bf16", "cpu"):
+        assert torch.nn.functional.pad(x, (1, 1, 1, 1), mode=mode).dtype == torch.float32  # autocast's own rule
+        y = pad_same_dtype(x, (1, 2, 1, 2), mode)  # (1, 4, 9, 10)
+    assert y.dtype == torch.bfloat16 and y.shape == (1, 4, 9, 10)
+    ref = x.detach().float().requires_grad_()
+    expected = torch.nn.functional.pad(ref, (1, 2, 1, 2), mode=mode)
+    assert torch.equal(y.float(), expected)  # a pad copies values: nothing to round
+    w = torch.randn(y.shape)
+    (y.float() * w).sum().backward()
+    (expected * w).sum().backward()
+    torch.testing.assert_close(x.grad.float(), ref.grad, atol=0.05, rtol=0.02)  # the borders' summed grads, in bf16
+    with autocast("bf16", "cpu"):
+        assert ReflectionPad2d(2)(x).dtype == torch.bfloat16
+    assert ReflectionPad2d(2)(ref).dtype == torch.float32 and torch.equal(ReflectionPad2d(2)(ref), torch.nn.ReflectionPad2d(2)(ref))

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU path of cutlib, run for real on a machine with one NVIDIA GPU, in under 10 minutes:
 #   1. the tests marked `cuda` (a training step per preset in fp32 and bf16, train/resume/translate/evaluate)
-#   2. bench on cuda in fp32 and bf16 at 256 px for CUT, FastCUT and CycleGAN (full reference networks)
+#   2. bench on cuda in fp32 and bf16 at 256 px for CUT, FastCUT and CycleGAN (full reference networks),
+#      and CUT eager against torch.compile (--compile)
 #   3. 2,000 iterations of the full-size CUT preset on real horse2zebra photos (throughput, projection of
 #      a full paper-scale run: 400 epochs x 1,334 iterations = 533,600 iterations)
 #   4. torchrun --nproc_per_node 1 for 50 steps (the NCCL path)
@@ -32,6 +33,10 @@ step "2. bench on cuda, fp32 and bf16, 256 px"
 timeout 240 $PY -m cutlib bench --presets cut,fastcut,cyclegan --size 256 --steps 20 --warmup 5 --device cuda \
     --precision fp32,bf16 --channels-last --json "$OUT/bench.json" 2>&1 | tee "$OUT/bench.txt" || status=1
 
+step "2b. bench on cuda: CUT eager and compiled, fp32 and bf16, 256 px"
+timeout 240 $PY -m cutlib bench --presets cut --size 256 --steps 20 --warmup 5 --device cuda \
+    --precision fp32,bf16 --compile --json "$OUT/bench_compile.json" 2>&1 | tee "$OUT/bench_compile.txt" || status=1
+
 step "3. 2,000 iterations of full-size CUT on real photos ($DATA), bf16"
 rm -rf "$OUT/h2z_cut"
 timeout 600 $PY -m cutlib train --preset cut --dataset "$DATA" --out "$OUT/h2z_cut" --device cuda --precision bf16 \
@@ -52,9 +57,11 @@ import json, sys
 from pathlib import Path
 out = Path(sys.argv[1])
 summary = {"gpu": (out / "gpu.txt").read_text().strip().splitlines()}
-if (out / "bench.json").is_file():
-    summary["bench"] = [{k: r[k] for k in ("preset", "precision", "channels_last", "median_s", "memory_mb", "speedup_vs_fp32")}
-                        for r in json.loads((out / "bench.json").read_text())["results"]]
+for name in ("bench", "bench_compile"):
+    if (out / f"{name}.json").is_file():
+        summary[name] = [{k: r.get(k) for k in ("preset", "precision", "channels_last", "compile", "median_s", "warmup_s",
+                                                "memory_mb", "speedup_vs_fp32")}
+                         for r in json.loads((out / f"{name}.json").read_text())["results"]]
 rows = [json.loads(l) for l in (out / "h2z_cut" / "metrics.jsonl").read_text().splitlines() if l.strip()] \
     if (out / "h2z_cut" / "metrics.jsonl").is_file() else []
 if len(rows) > 2:  # seconds per iteration from the logged step times (after the first logged rows)
