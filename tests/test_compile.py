@@ -34,24 +34,33 @@ def test_the_replicate_pad_gives_the_same_values_and_gradients_compiled_and_eage
     assert torch.equal(replicate_pad1(x), eager)  # and eager's own
 
 
+ON_CUDA = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (tools/gpu_check.sh runs these on one)")]
+
+
 @pytest.mark.slow
-def test_a_compiled_step_matches_an_eager_one_and_the_weights_keep_their_names():
+@pytest.mark.parametrize("device, precision", [("cpu", "fp32"), pytest.param("cuda", "fp32", marks=ON_CUDA),
+                                               pytest.param("cuda", "bf16", marks=ON_CUDA)])
+def test_a_compiled_step_matches_an_eager_one_and_the_weights_keep_their_names(device, precision):
     g = torch.Generator().manual_seed(0)
     batch = {"A": torch.rand(1, 3, 32, 32, generator=g) * 2 - 1, "B": torch.rand(1, 3, 32, 32, generator=g) * 2 - 1}
-    cfg = C.preset("fastcut", **TINY)
+    cfg = C.preset("fastcut", **{**TINY, "device": device, "precision": precision})
     losses, states = {}, {}
     for mode in ("eager", "compiled"):
         torch.manual_seed(0)
-        model = build_model(cfg)
+        model = build_model(cfg, device)
         if mode == "compiled":
             assert compile_networks(model) == ("G", "D")
             assert compiled(model.G) and compiled(model.D) and not compiled(model.H)  # the heads stay eager
         losses[mode] = [model.training_step(batch) for _ in range(2)]  # the second step: after one update of all
         states[mode] = model.G.state_dict()
     assert states["compiled"].keys() == states["eager"].keys()  # no "_orig_mod." prefix: checkpoints interchange
-    for step in range(2):
+    # fp32: both steps agree to the summation order; bf16 (~3 significant digits): the first step agrees to
+    # its rounding, which one Adam step on a tiny net then grows, so the second is only checked to be finite
+    steps, rel, abs_ = (2, 1e-3, 1e-4) if precision == "fp32" else (1, 0.05, 0.02)
+    for step in range(steps):
         for k, v in losses["eager"][step].items():
-            assert losses["compiled"][step][k] == pytest.approx(v, rel=1e-3, abs=1e-4), (step, k)
+            assert losses["compiled"][step][k] == pytest.approx(v, rel=rel, abs=abs_), (step, k)
+    assert all(torch.isfinite(torch.tensor(v)) for v in losses["compiled"][-1].values())
 
 
 def test_the_trainer_compiles_the_networks_each_model_names(tmp_path):

@@ -35,28 +35,6 @@ def test_a_training_step_on_cuda_is_finite(stripes, preset, precision):
     assert next(model.G.parameters()).is_cuda
 
 
-@pytest.mark.parametrize("precision", ["fp32", "bf16"])
-def test_a_compiled_cut_step_on_cuda_matches_eager(stripes, precision):
-    from cutlib.models import compile_networks
-
-    g = torch.Generator().manual_seed(0)
-    batch = {k: torch.rand(1, 3, 32, 32, generator=g) * 2 - 1 for k in "AB"}
-    losses = {}
-    for compiled in (False, True):
-        torch.manual_seed(0)
-        model = build_model(C.preset("cut", dataset=str(stripes), device="cuda", precision=precision, flip_equivariance=False,
-                                     **TINY), "cuda")
-        if compiled:
-            compile_networks(model)
-        losses[compiled] = [model.training_step(batch) for _ in range(2)]
-    # the first step's losses agree (fp32: to cuDNN's and the compiler's summation order; bf16: to its ~3
-    # significant digits); after one Adam step on a tiny net bf16's rounding grows, so the second is only finite
-    rel, abs_ = (1e-2, 1e-3) if precision == "fp32" else (0.05, 0.02)
-    for k, v in losses[False][0].items():
-        assert losses[True][0][k] == pytest.approx(v, rel=rel, abs=abs_), k
-    assert all(torch.isfinite(torch.tensor(v)) for v in losses[True][1].values()), losses[True][1]
-
-
 def test_train_resume_translate_and_evaluate_on_cuda(stripes, tmp_path):
     from cutlib.evaluate import evaluate_run
     from cutlib.train import train

@@ -112,3 +112,30 @@ def test_pads_stay_in_the_input_dtype_under_autocast_with_the_same_values_and_gr
     with autocast("bf16", "cpu"):
         assert ReflectionPad2d(2)(x).dtype == torch.bfloat16
     assert ReflectionPad2d(2)(ref).dtype == torch.float32 and torch.equal(ReflectionPad2d(2)(ref), torch.nn.ReflectionPad2d(2)(ref))
+
+
+def test_the_generators_pads_run_in_bf16_under_autocast():
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from cutlib.networks import ResnetGenerator
+
+    pads = (torch.ops.aten.reflection_pad2d.default, torch.ops.aten.replication_pad2d.default)
+
+    class PadDtypes(TorchDispatchMode):  # sees each op after autocast has chosen its dtype
+        def __init__(self):
+            super().__init__()
+            self.seen = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            if func in pads:
+                self.seen.append((func.__name__, out.dtype))
+            return out
+
+    G = ResnetGenerator(ngf=4, n_blocks=2, antialias=True)  # reflect pads, blur down (reflect) and up (replicate)
+    with autocast("bf16", "cpu"), PadDtypes() as mode:
+        G(torch.rand(1, 3, 16, 16) * 2 - 1)
+    kinds = {name.split(".")[0] for name, _ in mode.seen}
+    assert kinds == {"reflection_pad2d", "replication_pad2d"}, mode.seen
+    # only the first pad, of the fp32 input image, is fp32; every other one pads a bf16 activation in bf16
+    assert [d for _, d in mode.seen] == [torch.float32] + [torch.bfloat16] * (len(mode.seen) - 1), mode.seen

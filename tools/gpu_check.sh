@@ -28,7 +28,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT
 $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name(0), torch.cuda.get_device_capability(0))" | tee -a "$OUT/gpu.txt"
 
 step "1. tests marked cuda"
-timeout 300 $PY -m pytest -q -m cuda tests/test_cuda.py 2>&1 | tee "$OUT/tests.txt" | tail -5 || status=1
+timeout 300 $PY -m pytest -q -m cuda tests/test_cuda.py tests/test_compile.py 2>&1 | tee "$OUT/tests.txt" | tail -5 || status=1
 
 step "2. bench on cuda, fp32 and bf16, 256 px"
 timeout 240 $PY -m cutlib bench --presets cut,fastcut,cyclegan --size 256 --steps 20 --warmup 5 --device cuda \
