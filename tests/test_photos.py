@@ -261,6 +261,44 @@ def test_ship_photos_makes_paths_relative():
     assert shipped["final"]["step"] > 0 and {"target_rate", "structure", "kid_inputs"} <= set(shipped["final"]["metrics"])
 
 
+def test_ship_photos_demo_only_redraws_the_drawing_and_keeps_the_shipped_photo_pair(tmp_path, monkeypatch, capsys):
+    import importlib.util
+
+    import numpy as np
+    import torch.nn.functional as F
+    from conftest import REPO
+    from PIL import Image
+
+    from cutlib.data import sample_images
+    from cutlib.demo import cli
+    from cutlib.images import to_uint8
+    from cutlib.runs import load_run
+
+    spec = importlib.util.spec_from_file_location("ship_photos", REPO / "tools" / "ship_photos.py")
+    ship = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ship)
+    monkeypatch.setenv("CUTLIB_DATA", str(tmp_path / "data"))
+    with pytest.raises(SystemExit, match="missing: ship a photos run first"):
+        ship.main(["--demo-only", "--out", str(tmp_path / "shipped")])
+    run, out = tmp_path / "demo", tmp_path / "shipped"
+    assert cli(["--out", str(run), "--steps", "1"]) == 0
+    out.mkdir()
+    Image.new("RGB", (100, 50)).save(out / "readme_pair.png")
+    with pytest.raises(SystemExit, match="not the 4-tile row"):
+        ship.main(["--demo-only", "--demo", str(run), "--out", str(out)])
+    old = np.random.default_rng(0).integers(0, 256, (136, 532, 3), dtype=np.uint8)  # (H, W, 3): 4 tiles of 128 px
+    Image.fromarray(old).save(out / "readme_pair.png")
+    assert ship.main(["--demo-only", "--demo", str(run), "--out", str(out)]) == 0
+    new = np.asarray(Image.open(out / "readme_pair.png").convert("RGB"))
+    assert new.shape == old.shape and sorted(p.name for p in out.iterdir()) == ["readme_pair.png"]
+    for left in (268, 400):  # the photo pair (tiles 3 and 4) as shipped
+        assert np.array_equal(new[4:132, left:left + 128], old[4:132, left:left + 128])
+    assert (new[:4] == 255).all() and (new[:, 264:268] == 255).all() and (new[:, 396:400] == 255).all()  # the gaps
+    drawing = F.interpolate(sample_images(load_run(run)[0], 1), scale_factor=2, mode="nearest")
+    assert np.array_equal(new[4:132, 4:132], to_uint8(drawing[0]).permute(1, 2, 0).numpy())  # tile 1: the demo's drawing
+    assert not np.array_equal(new[4:132, 136:264], old[4:132, 136:264])  # tile 2 redrawn: the translation
+
+
 def test_demo_photos_downloads_a_catalog_dataset_first(tmp_path, monkeypatch, capsys, horse2zebra_mini):
     """`demo --photos horse2zebra` with nothing downloaded: the catalog's entry, pointed at a local HTTP
     server holding a real zip of photos (as the catalog's is laid out), is fetched, then trained on."""

@@ -4,6 +4,10 @@ readme_pair.png, the README's first picture: one drawing of `make demo` and one 
 `make photos`, each before and after.
 
     python tools/ship_photos.py [--photos runs/photos] [--demo runs/demo] [--index 0]
+    python tools/ship_photos.py --demo-only [--demo runs/demo]   # a new demo run: only the drawing is redrawn
+
+With --demo-only the photo pair of the readme_pair.png already shipped is kept (no runs/photos needed:
+that run takes half an hour) and eval.json and before_after.png are left as they are.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "notebooks" / "results" / "photos"
+TILE, PAD = 128, 4  # readme_pair.png: four 64 px images shown at 2x, one row, 4 px apart
 
 
 def relative(value, roots):
@@ -36,6 +41,8 @@ def main(argv: list[str]) -> int:
     p.add_argument("--photos", default="runs/photos")
     p.add_argument("--demo", default="runs/demo")
     p.add_argument("--index", type=int, default=0, help="which test image of each run the README shows")
+    p.add_argument("--demo-only", action="store_true", help="redraw the drawing pair only; keep the shipped photo pair")
+    p.add_argument("--out", default=str(OUT), help="folder of the shipped files (default notebooks/results/photos)")
     args = p.parse_args(argv)
 
     import torch
@@ -46,24 +53,44 @@ def main(argv: list[str]) -> int:
     from cutlib.runs import load_run
     from cutlib.viz import save_grid
 
-    photos, demo = Path(args.photos), Path(args.demo)
-    OUT.mkdir(parents=True, exist_ok=True)
-    report = json.loads((photos / "eval.json").read_text())
-    roots = [(str(REPO), "."), (str(REPO.parent), "..")]
-    (OUT / "eval.json").write_text(json.dumps(relative(report, roots), indent=1) + "\n")
-    shutil.copyfile(photos / "before_after.png", OUT / "before_after.png")
-
-    real = translate_run(photos)
+    photos, demo, out = Path(args.photos), Path(args.demo), Path(args.out)
+    i = args.index
+    if args.demo_only:
+        photo_pair = shipped_photo_pair(out / "readme_pair.png")
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        report = json.loads((photos / "eval.json").read_text())
+        roots = [(str(REPO), "."), (str(REPO.parent), "..")]
+        (out / "eval.json").write_text(json.dumps(relative(report, roots), indent=1) + "\n")
+        shutil.copyfile(photos / "before_after.png", out / "before_after.png")
+        real = translate_run(photos)
+        up = lambda x: F.interpolate(x, scale_factor=2, mode="nearest")  # noqa: E731
+        photo_pair = [up(real["inputs"][i:i + 1] * 2 - 1), up(real["outputs"][i:i + 1] * 2 - 1)]
     cfg, model = load_run(demo)
     drawing = sample_images(cfg, args.index + 1)[args.index:]
     with torch.no_grad():
         drawn = model.G(drawing)
-    i = args.index
     up = lambda x: F.interpolate(x, scale_factor=2, mode="nearest")  # noqa: E731
-    row = [up(drawing), up(drawn), up(real["inputs"][i:i + 1] * 2 - 1), up(real["outputs"][i:i + 1] * 2 - 1)]
-    save_grid(row, OUT / "readme_pair.png", pad=4)
-    print("written:", *(str(OUT / n) for n in ("eval.json", "before_after.png", "readme_pair.png")))
+    save_grid([up(drawing), up(drawn), *photo_pair], out / "readme_pair.png", pad=PAD)
+    names = ("readme_pair.png",) if args.demo_only else ("eval.json", "before_after.png", "readme_pair.png")
+    print("written:", *(str(out / n) for n in names))
     return 0
+
+
+def shipped_photo_pair(path: Path) -> list:
+    """The two photo tiles (columns 3 and 4) of a readme_pair.png, as (1, 3, 128, 128) tensors in [-1, 1]."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    if not path.is_file():
+        raise SystemExit(f"--demo-only keeps the photo pair of {path}, which is missing: ship a photos run first")
+    with Image.open(path) as image:
+        pixels = np.asarray(image.convert("RGB"))
+    if pixels.shape != (TILE + 2 * PAD, 4 * TILE + 5 * PAD, 3):
+        raise SystemExit(f"{path} is {pixels.shape[1]}x{pixels.shape[0]} px, not the 4-tile row this tool writes")
+    tiles = [pixels[PAD:PAD + TILE, PAD + j * (TILE + PAD):PAD + j * (TILE + PAD) + TILE] for j in (2, 3)]
+    return [torch.from_numpy(t.copy()).permute(2, 0, 1)[None].float() / 127.5 - 1 for t in tiles]
 
 
 if __name__ == "__main__":
