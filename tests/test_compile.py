@@ -18,7 +18,7 @@ from cutlib.train import Trainer
 
 TINY = {k: v for k, v in C.TINY_SCALE.items() if k != "dataset"}
 # the compiled step: two residual blocks instead of five, as compilation time grows with the graph (on a 2-core
-# AMD EPYC this test took 127 s with five inside make test, 92 s with two when alone)
+# AMD EPYC, inside make test, this test took 127 s with five and 62 s with two)
 SMALL = {**TINY, "n_blocks": 2, "nce_layers": ("rgb", "down1", "down2", "res1", "res2")}
 
 

@@ -13,7 +13,8 @@ from cutlib.demo import DEMO_STEPS, cli, demo_config
 def test_demo_config_is_the_laptop_scale_cut_with_its_steps_and_sample_grids():
     cfg = demo_config()
     assert cfg.max_steps == DEMO_STEPS and cfg.sample_every == 100 and cfg.seed == 0
-    differs = {k for k, v in cfg.to_dict().items() if v != cpu_scale("cut").to_dict()[k]}
+    laptop = cpu_scale("cut").to_dict()
+    differs = {k for k, v in cfg.to_dict().items() if v != laptop[k]}
     assert differs == {"max_steps", "sample_every"}  # otherwise the laptop scale: chapter 4 and make demo share one run
     assert demo_config(5, seed=3).max_steps == 5 and demo_config(5, seed=3).seed == 3
 

@@ -55,6 +55,7 @@ def main(argv: list[str]) -> int:
 
     photos, demo, out = Path(args.photos), Path(args.demo), Path(args.out)
     i = args.index
+    up = lambda x: F.interpolate(x, scale_factor=2, mode="nearest")  # noqa: E731  (64 px shown at 128)
     if args.demo_only:
         photo_pair = shipped_photo_pair(out / "readme_pair.png")
     else:
@@ -64,13 +65,11 @@ def main(argv: list[str]) -> int:
         (out / "eval.json").write_text(json.dumps(relative(report, roots), indent=1) + "\n")
         shutil.copyfile(photos / "before_after.png", out / "before_after.png")
         real = translate_run(photos)
-        up = lambda x: F.interpolate(x, scale_factor=2, mode="nearest")  # noqa: E731
         photo_pair = [up(real["inputs"][i:i + 1] * 2 - 1), up(real["outputs"][i:i + 1] * 2 - 1)]
     cfg, model = load_run(demo)
-    drawing = sample_images(cfg, args.index + 1)[args.index:]
+    drawing = sample_images(cfg, i + 1)[i:]
     with torch.no_grad():
         drawn = model.G(drawing)
-    up = lambda x: F.interpolate(x, scale_factor=2, mode="nearest")  # noqa: E731
     save_grid([up(drawing), up(drawn), *photo_pair], out / "readme_pair.png", pad=PAD)
     names = ("readme_pair.png",) if args.demo_only else ("eval.json", "before_after.png", "readme_pair.png")
     print("written:", *(str(out / n) for n in names))
@@ -79,18 +78,14 @@ def main(argv: list[str]) -> int:
 
 def shipped_photo_pair(path: Path) -> list:
     """The two photo tiles (columns 3 and 4) of a readme_pair.png, as (1, 3, 128, 128) tensors in [-1, 1]."""
-    import numpy as np
-    import torch
-    from PIL import Image
+    from cutlib.images import load_image, to_tensor
 
     if not path.is_file():
         raise SystemExit(f"--demo-only keeps the photo pair of {path}, which is missing: ship a photos run first")
-    with Image.open(path) as image:
-        pixels = np.asarray(image.convert("RGB"))
-    if pixels.shape != (TILE + 2 * PAD, 4 * TILE + 5 * PAD, 3):
-        raise SystemExit(f"{path} is {pixels.shape[1]}x{pixels.shape[0]} px, not the 4-tile row this tool writes")
-    tiles = [pixels[PAD:PAD + TILE, PAD + j * (TILE + PAD):PAD + j * (TILE + PAD) + TILE] for j in (2, 3)]
-    return [torch.from_numpy(t.copy()).permute(2, 0, 1)[None].float() / 127.5 - 1 for t in tiles]
+    pixels = to_tensor(load_image(path))  # (3, H, W) in [-1, 1]
+    if pixels.shape[1:] != (TILE + 2 * PAD, 4 * TILE + 5 * PAD):
+        raise SystemExit(f"{path} is {pixels.shape[2]}x{pixels.shape[1]} px, not the 4-tile row this tool writes")
+    return [pixels[None, :, PAD:PAD + TILE, PAD + j * (TILE + PAD):PAD + j * (TILE + PAD) + TILE] for j in (2, 3)]
 
 
 if __name__ == "__main__":
