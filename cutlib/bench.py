@@ -1,7 +1,7 @@
 """Seconds per iteration and peak memory of CUT, FastCUT and CycleGAN: the paper's Table 1, measured here.
 
     python -m cutlib bench --presets cut,fastcut,cyclegan --size 256 --steps 5 [--device cpu|cuda] [--json OUT.json]
-                           [--precision fp32,bf16] [--channels-last] [--compile]
+                           [--precision fp32,bf16,fp16] [--channels-last] [--compile]
 
 Each preset trains on synthetic random batches (batch 1, ``size`` x ``size``; no dataset needed) with
 the full reference networks unless overridden (--ngf 16 ...). One iteration is one ``training_step``
@@ -10,9 +10,10 @@ the full reference networks unless overridden (--ngf 16 ...). One iteration is o
 in wall-clock seconds (the paper's measure) and in CPU seconds of the process (all its threads),
 which other programs competing for a shared CPU disturb much less.
 
-Each precision (fp32, bf16 autocast) is measured in NCHW, with --channels-last also in NHWC, and with
---compile all of these again with torch.compile (cutlib.models.compile_networks): its warm-up steps
-compile, their times are kept as ``warmup_s``; on a CPU its memory figure includes the compiler's.
+Each precision (fp32; bf16 or fp16 autocast, fp16 with its loss scaler) is measured in NCHW, with
+--channels-last also in NHWC, and with --compile all of these again with torch.compile
+(cutlib.models.compile_networks): its warm-up steps compile, their times are kept as ``warmup_s``; on a
+CPU its memory figure includes the compiler's.
 
 Memory: on a GPU, torch.cuda.max_memory_allocated (tensors only: weights, gradients, Adam states,
 activations). On a CPU, the process's peak resident memory (RSS) during the run minus its RSS just
@@ -192,9 +193,9 @@ def _variants(precisions, channels_last: bool, compile: bool = False) -> list[di
     asked; eager, then compiled when asked."""
     if isinstance(precisions, str):
         precisions = [p.strip() for p in precisions.split(",") if p.strip()]
-    bad = [p for p in precisions if p not in ("fp32", "bf16")]
+    bad = [p for p in precisions if p not in ("fp32", "bf16", "fp16")]
     if not precisions or bad:
-        raise ValueError(f"precisions must be fp32 and/or bf16 (comma-separated), got {precisions!r}")
+        raise ValueError(f"precisions must be among fp32, bf16 and fp16 (comma-separated), got {precisions!r}")
     return [dict(precision=p, channels_last=cl, compile=cp)
             for cp in [False] + [True] * compile for cl in [False] + [True] * channels_last for p in precisions]
 
@@ -287,7 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--in-process", action="store_true", help="measure every preset in this process (faster; CPU memory "
                    "then misses what a preset reuses of the memory the earlier ones freed)")
     # crop/load size stay accepted (not listed) so that bench_config can point to --size
-    p.add_argument("--precision", default="fp32", help="comma-separated precisions to measure: fp32, bf16 (default fp32)")
+    p.add_argument("--precision", default="fp32", help="comma-separated precisions to measure: fp32, bf16, fp16 (default fp32)")
     p.add_argument("--channels-last", action="store_true", help="also measure each precision in NHWC layout")
     p.add_argument("--compile", action="store_true", help="also measure each combination with torch.compile (the "
                    "warm-up steps compile)")

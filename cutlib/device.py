@@ -33,7 +33,8 @@ def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
 # ----------------------------------------------------------------------------------------------
 # precision: which dtype the networks' forward passes run in (the weights and optimiser stay fp32)
 
-PRECISIONS = ("auto", "fp32", "bf16")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+HALF_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def cpu_flags() -> set[str]:
@@ -48,8 +49,9 @@ def cpu_flags() -> set[str]:
 
 def resolve_precision(precision: str, device: torch.device | str, flags: set[str] | None = None,
                       capability: tuple[int, int] | None = None) -> str:
-    """"fp32" or "bf16" for ``precision`` on ``device``. "auto" is bf16 where the hardware runs it fast: a CUDA
-    GPU of compute capability >= 8.0 (A100 on), or a CPU with avx512_bf16 or amx_bf16; else fp32.
+    """"fp32", "bf16" or "fp16" for ``precision`` on ``device``. "auto" is bf16 where the hardware runs it fast: a
+    CUDA GPU of compute capability >= 8.0 (A100 on), or a CPU with avx512_bf16 or amx_bf16; else fp32 (fp16, for
+    the GPUs before the A100, is chosen explicitly: it needs loss scaling, see grad_scaler).
     ``flags`` / ``capability`` replace what this machine reports (for tests, or to plan for another machine)."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}")
@@ -64,9 +66,24 @@ def resolve_precision(precision: str, device: torch.device | str, flags: set[str
 
 
 def autocast(precision: str, device: torch.device | str):
-    """The autocast context of a resolved precision: bf16 autocast on the device's type, or a no-op for fp32."""
+    """The autocast context of a resolved precision: bf16 or fp16 autocast on the device's type, a no-op for fp32."""
     device = torch.device(device)
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+    return torch.autocast(device.type, dtype=HALF_DTYPES.get(precision, torch.bfloat16), enabled=precision in HALF_DTYPES)
+
+
+def fp16_autocast(device_type: str) -> bool:
+    """Whether fp16 autocast is on for ``device_type`` now (the modules whose gradients exceed fp16's
+    range, 65504, run in fp32 under it: the PatchNCE heads)."""
+    return torch.is_autocast_enabled(device_type) and torch.get_autocast_dtype(device_type) == torch.float16
+
+
+def grad_scaler(precision: str, device: torch.device | str) -> torch.amp.GradScaler:
+    """The loss scaler of a resolved precision. fp16 keeps 5 exponent bits, so small gradients of its
+    forward passes would flush to zero: its losses are multiplied by a dynamic scale before backward
+    and the gradients divided by it before the step, and a step whose gradients overflowed is skipped
+    (the scale halves). bf16 has fp32's exponent range and fp32 needs nothing: for them the scaler is
+    disabled, ``scale`` returns the loss as it is and ``step`` is the optimiser's own step."""
+    return torch.amp.GradScaler(torch.device(device).type, enabled=precision == "fp16")
 
 
 def to_device(x: torch.Tensor, device: torch.device, channels_last: bool = False) -> torch.Tensor:

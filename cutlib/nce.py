@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cutlib import followups
+from cutlib.device import fp16_autocast
 from cutlib.losses import full_precision
 
 DIAGONAL_FILL = -10.0  # the reference masks the duplicated positive with -10 before dividing by tau
@@ -167,7 +168,14 @@ class ProjectionHeads(nn.Module):
             _check(f"features[{layer}]", feat, (2,), f"(N, {self.channels[layer]})")
             if feat.shape[1] != self.channels[layer]:
                 raise ValueError(f"features[{layer}] must have shape (N, {self.channels[layer]}), got {tuple(feat.shape)}")
-            out.append(l2_normalize(full_precision(mlp(feat))))  # fp32 from here on: logits and softmax of PatchNCE
+            if fp16_autocast(feat.device.type):
+                # the heads' outputs are small (init gain 0.02), so the gradient of their L2 normalisation is
+                # large, beyond fp16's range even before loss scaling: under fp16 the heads run in fp32
+                with torch.autocast(feat.device.type, enabled=False):
+                    z = mlp(full_precision(feat))
+            else:
+                z = mlp(feat)
+            out.append(l2_normalize(full_precision(z)))  # fp32 from here on: logits and softmax of PatchNCE
         return out
 
 

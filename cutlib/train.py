@@ -131,6 +131,12 @@ class Trainer:
         return self.rank == 0
 
     # ----------------------------------------------------------- checkpoints
+    @property
+    def scaler(self) -> torch.amp.GradScaler | None:
+        """The model's fp16 loss scaler (checkpointed with its scale), None in fp32 and bf16."""
+        scaler = getattr(self.model, "scaler", None)
+        return scaler if scaler is not None and scaler.is_enabled() else None
+
     def state(self) -> dict:
         return {
             "format": "cutlib-checkpoint-1",
@@ -139,6 +145,7 @@ class Trainer:
             "optimizers": {k: o.state_dict() for k, o in self.model.optimizers.items()},
             "schedulers": {k: s.state_dict() for k, s in self.schedulers.items()},
             "rng": rng_state(self.model),
+            **({"scaler": self.scaler.state_dict()} if self.scaler else {}),
             "step": self.step,
             "epoch": self.epoch,
             "batch_in_epoch": self.batch_in_epoch,
@@ -166,6 +173,8 @@ class Trainer:
         for k, sched in self.schedulers.items():
             sched.load_state_dict(saved["schedulers"][k])
         set_rng_state(self.model, saved["rng"])
+        if self.scaler and "scaler" in saved:  # a run saved in another precision starts with a fresh loss scale
+            self.scaler.load_state_dict(saved["scaler"])
         self.step, self.epoch, self.batch_in_epoch = saved["step"], saved["epoch"], saved["batch_in_epoch"]
 
     # ----------------------------------------------------------- outputs

@@ -1,4 +1,4 @@
-"""The GPU path: a training step, resume, translate and evaluate on ``cuda``, in bf16 and fp32.
+"""The GPU path: a training step, resume, translate and evaluate on ``cuda``, in fp32, bf16 and fp16.
 Marked ``cuda``; skipped (with the reason) on machines without an NVIDIA GPU. tools/gpu_check.sh runs them."""
 
 from __future__ import annotations
@@ -24,15 +24,18 @@ def stripes(tmp_path_factory):
 
 
 @pytest.mark.parametrize("preset", ["cut", "fastcut", "cyclegan", "sincut"])
-@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16"])
 def test_a_training_step_on_cuda_is_finite(stripes, preset, precision):
     extra = {"crop_size": 32, "batch_size": 2} if preset == "sincut" else {}
+    if preset == "sincut" and precision == "fp16":
+        extra["lambda_r1"] = 0.0  # SinCUT's R1 has no fp16 path (cutlib.models.sincut)
     model = build_model(C.preset(preset, dataset=str(stripes), device="cuda", precision=precision, **{**TINY, **extra}), "cuda")
     b = extra.get("batch_size", 1)
     batch = {k: torch.rand(b, 3, 32, 32) * 2 - 1 for k in "AB"}
     losses = model.training_step(batch)
     assert all(torch.isfinite(torch.tensor(v)) for v in losses.values()), losses
     assert next(model.G.parameters()).is_cuda
+    assert model.scaler.is_enabled() == (precision == "fp16")
 
 
 def test_train_resume_translate_and_evaluate_on_cuda(stripes, tmp_path):

@@ -113,7 +113,7 @@ class TrainConfig:
     # --- run
     seed: int = 0  # seeds the networks, the data order and the objective's randomness
     device: str = "auto"  # "auto": cuda when available, else cpu
-    precision: Literal["auto", "fp32", "bf16"] = "fp32"  # forward passes in bf16 autocast ("auto": where fast); weights stay fp32
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "fp32"  # forward passes in autocast ("auto": bf16 where fast; fp16 loss-scaled); weights fp32
     channels_last: bool = False  # NHWC memory layout of the networks and images
     compile: bool = False  # torch.compile the convolutional networks while training (first step compiles: about a minute)
     log_every: int = 10  # steps between lines of metrics.jsonl

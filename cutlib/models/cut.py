@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from cutlib.config import TrainConfig
-from cutlib.device import autocast, resolve_precision, to_device
+from cutlib.device import autocast, grad_scaler, resolve_precision, to_device
 from cutlib.losses import d_loss, g_loss
 from cutlib.followups import hdce_gamma
 from cutlib.nce import MomentumQueue, NCEHooks, ProjectionHeads, multilayer_patch_nce
@@ -46,7 +46,8 @@ class CUTModel(nn.Module):
             self.H_q = ProjectionHeads(self.G.tap_channels(self.taps), cfg.netF_nc, cfg.init_gain)
         self.queue = MomentumQueue(self.G, self.H, cfg.queue_size, cfg.queue_momentum) if cfg.negatives != "internal" else None
         self.to(device, memory_format=torch.channels_last if cfg.channels_last else torch.contiguous_format)
-        self.precision = resolve_precision(cfg.precision, device)  # "fp32" or "bf16": the forward passes' dtype
+        self.precision = resolve_precision(cfg.precision, device)  # "fp32", "bf16" or "fp16": the forward passes' dtype
+        self.scaler = grad_scaler(self.precision, device)  # fp16's loss scaling (a pass-through otherwise)
         g_params = list(self.G.parameters())
         h_params = list(self.H.parameters())
         if not cfg.share_encoder:
@@ -104,7 +105,7 @@ class CUTModel(nn.Module):
         return result.loss
 
     def amp(self):
-        """Autocast of the forward passes (bf16 or off); the losses upcast to fp32 (cutlib.losses.full_precision)."""
+        """Autocast of the forward passes (bf16, fp16 or off); the losses upcast to fp32 (cutlib.losses.full_precision)."""
         return autocast(self.precision, next(self.G.parameters()).device)
 
     def nce_keys(self, taps_real: list[Tensor], x: Tensor, y: Tensor, flipped: bool) -> list[Tensor]:
@@ -148,8 +149,8 @@ class CUTModel(nn.Module):
         self.optimizers["D"].zero_grad(set_to_none=True)
         with self.amp():
             loss_d, losses = self.discriminator_loss(y, fake)
-        loss_d.backward()
-        self.optimizers["D"].step()
+        self.scaler.scale(loss_d).backward()
+        self.scaler.step(self.optimizers["D"])
 
         # --- G and H step, D frozen and already updated
         self.D.requires_grad_(False)
@@ -172,9 +173,10 @@ class CUTModel(nn.Module):
             extra, extra_logs = self.generator_extra_loss(y, idt)
         loss_g = loss_gan + loss_nce + extra
         losses.update(extra_logs)
-        loss_g.backward()
-        self.optimizers["G"].step()
-        self.optimizers["H"].step()
+        self.scaler.scale(loss_g).backward()
+        self.scaler.step(self.optimizers["G"])
+        self.scaler.step(self.optimizers["H"])
+        self.scaler.update()  # once per iteration, after every optimiser's step (a skipped step lowers the scale)
         losses["G"] = loss_g.item()
 
         if self.queue is not None:  # momentum update, then enqueue this step's keys (MoCo order)

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from torch.nn.functional import l1_loss
 
 from cutlib.config import TrainConfig
-from cutlib.device import autocast, resolve_precision, to_device
+from cutlib.device import autocast, grad_scaler, resolve_precision, to_device
 from cutlib.losses import d_loss, full_precision, g_loss
 from cutlib.networks import build_discriminator, build_generator, build_optimizer
 
@@ -102,7 +102,8 @@ class CycleGANModel(nn.Module):
         self.pool_Y = ImagePool(cfg.pool_size, cfg.output_nc, cfg.crop_size, cfg.crop_size)  # history of G(x) for D_Y
         self.pool_X = ImagePool(cfg.pool_size, cfg.input_nc, cfg.crop_size, cfg.crop_size)  # history of F(y) for D_X
         self.to(device, memory_format=torch.channels_last if cfg.channels_last else torch.contiguous_format)
-        self.precision = resolve_precision(cfg.precision, device)  # "fp32" or "bf16": the forward passes' dtype
+        self.precision = resolve_precision(cfg.precision, device)  # "fp32", "bf16" or "fp16": the forward passes' dtype
+        self.scaler = grad_scaler(self.precision, device)  # fp16's loss scaling (a pass-through otherwise)
         # one optimiser for both generators and one for both discriminators, as the original code
         self.optimizers = {
             "G": build_optimizer([*self.G.parameters(), *self.F.parameters()], cfg),
@@ -158,8 +159,8 @@ class CycleGANModel(nn.Module):
                 losses["idt_F"] = l1(self.F(x), x) * cfg.lambda_cycle * cfg.lambda_identity
             losses.update(self.extra_generator_losses(x, y, fake_y, fake_x))
         loss_g = sum(losses.values())
-        loss_g.backward()
-        self.optimizers["G"].step()
+        self.scaler.scale(loss_g).backward()
+        self.scaler.step(self.optimizers["G"])
 
         # --- D_Y and D_X step on fakes drawn from the history pools (loss halved, losses.d_loss)
         for D in (self.D_X, self.D_Y):
@@ -170,8 +171,9 @@ class CycleGANModel(nn.Module):
         with amp():
             loss_d_y = d_loss(self.D_Y(y), self.D_Y(pooled_y), cfg.gan_mode)
             loss_d_x = d_loss(self.D_X(x), self.D_X(pooled_x), cfg.gan_mode)
-        (loss_d_y + loss_d_x).backward()
-        self.optimizers["D"].step()
+        self.scaler.scale(loss_d_y + loss_d_x).backward()
+        self.scaler.step(self.optimizers["D"])
+        self.scaler.update()
 
         out = {name: value.item() for name, value in losses.items()}
         out.update(G=loss_g.item(), D_Y=loss_d_y.item(), D_X=loss_d_x.item())

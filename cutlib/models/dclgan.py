@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from cutlib.config import TrainConfig
-from cutlib.device import resolve_precision, to_device
+from cutlib.device import grad_scaler, resolve_precision, to_device
 from cutlib.losses import d_loss, g_loss
 from cutlib.models.cut import CUTModel
 from cutlib.nce import ProjectionHeads, patch_nce, sample_patches
@@ -42,6 +42,7 @@ class DCLGANModel(CUTModel):
         self.queue, self.hooks, self.src_term = None, None, None
         self.to(device, memory_format=torch.channels_last if cfg.channels_last else torch.contiguous_format)
         self.precision = resolve_precision(cfg.precision, device)
+        self.scaler = grad_scaler(self.precision, device)
         pairs = {"G": (self.G, self.G_B), "D": (self.D, self.D_B), "H": (self.H, self.H_B)}
         self.optimizers = {k: build_optimizer([p for net in nets for p in net.parameters()], cfg) for k, nets in pairs.items()}
         self.rng = torch.Generator().manual_seed(cfg.seed)
@@ -85,8 +86,8 @@ class DCLGANModel(CUTModel):
         with self.amp():
             loss_d_y = d_loss(self.D(y), self.D(fake_y.detach()), cfg.gan_mode)
             loss_d_x = d_loss(self.D_B(x), self.D_B(fake_x.detach()), cfg.gan_mode)
-        (loss_d_y + loss_d_x).backward()
-        self.optimizers["D"].step()
+        self.scaler.scale(loss_d_y + loss_d_x).backward()
+        self.scaler.step(self.optimizers["D"])
 
         for d in (self.D, self.D_B):
             d.requires_grad_(False)
@@ -100,8 +101,9 @@ class DCLGANModel(CUTModel):
             if identity:
                 idt = 0.5 * cfg.lambda_idt_l1 * ((out_g[b:] - y).abs().mean() + (out_f[b:] - x).abs().mean())
         loss_g = gan + 0.5 * (nce_1 + nce_2) + idt
-        loss_g.backward()
-        self.optimizers["G"].step()
-        self.optimizers["H"].step()
+        self.scaler.scale(loss_g).backward()
+        self.scaler.step(self.optimizers["G"])
+        self.scaler.step(self.optimizers["H"])
+        self.scaler.update()
         return {"D_Y": loss_d_y.item(), "D_X": loss_d_x.item(), "G_GAN": gan.item(), "NCE": nce_1.item(),
                 "NCE_2": nce_2.item(), "idt": idt.item(), "G": loss_g.item()}

@@ -30,13 +30,15 @@ class SinCUTModel(CUTModel):
     """
 
     def __init__(self, cfg: TrainConfig, device: torch.device | str = "cpu"):
-        unsupported = {
-            "flip_equivariance": cfg.flip_equivariance,  # a FastCUT regulariser, not part of SinCUT
-            "negatives != 'internal'": cfg.negatives != "internal",  # no momentum queue on one image
+        unsupported = {  # name: (set, what to do instead)
+            "flip_equivariance": (cfg.flip_equivariance, "use model='cut' for this ablation"),  # a FastCUT regulariser
+            "negatives != 'internal'": (cfg.negatives != "internal", "use model='cut' for this ablation"),  # no queue on one image
+            # R1 differentiates D through autograd.grad, outside the loss scaler: its fp16 gradients would underflow
+            "precision='fp16' with lambda_r1 > 0": (cfg.precision == "fp16" and cfg.lambda_r1 > 0, "use --precision bf16 or fp32"),
         }
-        bad = [name for name, on in unsupported.items() if on]
+        bad = [f"{name} ({hint})" for name, (on, hint) in unsupported.items() if on]
         if bad:
-            raise ValueError(f"SinCUTModel does not support {', '.join(bad)}: use model='cut' for these ablations")
+            raise ValueError(f"SinCUTModel does not support {'; '.join(bad)}")
         super().__init__(cfg, device)
 
     @torch.no_grad()

@@ -253,8 +253,8 @@ class SPADEModel(nn.Module):
                              f"paired={cfg.paired}: start from --preset spade")
         if cfg.input_nc != 3:
             raise ValueError(f"SPADE reads colour label maps (input_nc 3), got input_nc={cfg.input_nc}")
-        if cfg.precision == "bf16":
-            raise ValueError("SPADE trains in fp32 only here: use --precision fp32")
+        if cfg.precision in ("bf16", "fp16"):
+            raise ValueError(f"SPADE trains in fp32 only here, got precision {cfg.precision!r}: use --precision fp32")
         self.cfg = cfg
         self.G = init_xavier(spade_generator(cfg), cfg.init_gain)
         self.D = init_xavier(self.make_discriminator(cfg)[0], cfg.init_gain)

@@ -274,8 +274,8 @@ class SwappingAutoencoderModel(nn.Module):
         if cfg.netD != "stylegan2" or cfg.gan_mode != "nonsaturating":
             raise ValueError(f"the Swapping Autoencoder uses netD='stylegan2' and gan_mode='nonsaturating', got "
                              f"{cfg.netD!r} and {cfg.gan_mode!r}: start from --preset swapping_autoencoder")
-        if cfg.precision == "bf16":
-            raise ValueError("the Swapping Autoencoder trains in fp32 only: use --precision fp32")
+        if cfg.precision in ("bf16", "fp16"):
+            raise ValueError(f"the Swapping Autoencoder trains in fp32 only, got precision {cfg.precision!r}: use --precision fp32")
         if cfg.crop_size % 16:
             raise ValueError(f"crop_size ({cfg.crop_size}) must be a multiple of 16 (E downsamples the texture branch 4 times)")
         self.cfg = cfg
@@ -285,7 +285,7 @@ class SwappingAutoencoderModel(nn.Module):
         self.D = StyleGAN2Discriminator(cfg.output_nc, ndf=cfg.ndf, size=cfg.crop_size, max_channels=min(384, 16 * cfg.ndf))
         self.D_patch = CooccurrenceDiscriminator(self.cooc_size, cfg.ndf, cfg.output_nc)
         self.to(device, memory_format=torch.channels_last if cfg.channels_last else torch.contiguous_format)
-        self.precision = "fp32"  # grouped modulated convs: no bf16 path here
+        self.precision = "fp32"  # grouped modulated convs: no half-precision path here
         self.optimizers = {"G": build_optimizer([*self.E.parameters(), *self.G.parameters()], cfg),
                            "D": build_optimizer([*self.D.parameters(), *self.D_patch.parameters()], cfg)}
         self.rng = torch.Generator().manual_seed(cfg.seed)  # crop windows and flips: checkpointed by the trainer
