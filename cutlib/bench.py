@@ -2,6 +2,7 @@
 
     python -m cutlib bench --presets cut,fastcut,cyclegan --size 256 --steps 5 [--device cpu|cuda] [--json OUT.json]
                            [--precision fp32,bf16,fp16] [--channels-last] [--compile]
+                           [--modes fp32,bf16,bf16+nhwc+compiled]   (instead of the three options above)
 
 Each preset trains on synthetic random batches (batch 1, ``size`` x ``size``; no dataset needed) with
 the full reference networks unless overridden (--ngf 16 ...). One iteration is one ``training_step``
@@ -200,13 +201,34 @@ def _variants(precisions, channels_last: bool, compile: bool = False) -> list[di
             for cp in [False] + [True] * compile for cl in [False] + [True] * channels_last for p in precisions]
 
 
+def parse_modes(modes) -> list[dict]:
+    """Explicit combinations to measure, instead of the cross product of --precision, --channels-last and
+    --compile: "fp32,bf16,bf16+nhwc,bf16+nhwc+compiled" (a list of such strings also works). Each mode is a
+    precision (fp32, bf16, fp16), then optionally +nhwc (channels_last) and +compiled (torch.compile)."""
+    if isinstance(modes, str):
+        modes = [m.strip() for m in modes.split(",") if m.strip()]
+    out = []
+    for mode in modes:
+        precision, *options = [t.strip().lower() for t in mode.split("+")]
+        if precision not in ("fp32", "bf16", "fp16") or len(set(options)) != len(options) or set(options) - {"nhwc", "compiled"}:
+            raise ValueError(f"mode {mode!r} is not PRECISION[+nhwc][+compiled] with PRECISION one of fp32, bf16, fp16 "
+                             f"(e.g. --modes fp32,bf16,bf16+nhwc+compiled)")
+        out.append(dict(precision=precision, channels_last="nhwc" in options, compile="compiled" in options))
+    if not out:
+        raise ValueError("modes must name at least one combination, e.g. fp32,bf16+nhwc")
+    if len({tuple(m.values()) for m in out}) != len(out):
+        raise ValueError(f"modes {modes!r} names a combination twice")
+    return out
+
+
 def bench(presets=("cut", "fastcut", "cyclegan"), size: int = 256, steps: int = 5, device: str = "auto", warmup: int = 1,
           isolate: bool = True, seed: int = 0, progress: bool = False, precisions=("fp32",), channels_last: bool = False,
-          compile: bool = False, **overrides) -> list[dict]:
+          compile: bool = False, modes=None, **overrides) -> list[dict]:
     """measure() each preset in each precision, layout and (when ``compile``) eager and compiled, each in a
     fresh process when isolate; then add the ratios to CycleGAN (same mode), the speed-up over the preset's
     fp32 eager NCHW row and the paper's figures. ``presets`` and ``precisions``: lists or comma-separated
-    strings. One dict per row. Compiled rows compile in their warm-up steps (at least one)."""
+    strings; ``modes`` (see parse_modes) replaces the cross product of precisions, channels_last and compile
+    by the combinations it names. One dict per row. Compiled rows compile in their warm-up steps (at least one)."""
     if isinstance(presets, str):
         presets = [p.strip() for p in presets.split(",") if p.strip()]
     presets = [p.lower() for p in presets]
@@ -216,10 +238,10 @@ def bench(presets=("cut", "fastcut", "cyclegan"), size: int = 256, steps: int = 
         raise ValueError(f"steps must be an integer >= 1 and warmup >= 0, got steps={steps!r}, warmup={warmup!r}")
     if not isinstance(size, int) or size < 32:
         raise ValueError(f"size must be an integer of at least 32 px (the PatchGAN needs it), got {size!r}")
-    if compile and warmup < 1:
+    modes = parse_modes(modes) if modes is not None else _variants(precisions, channels_last, compile)
+    if any(m["compile"] for m in modes) and warmup < 1:
         raise ValueError("compiled rows need warmup >= 1: the first step compiles (tens of seconds)")
     device = str(resolve_device(device))
-    modes = _variants(precisions, channels_last, compile)
     for name in presets:  # fail on a bad name or override before any subprocess starts
         bench_config(name, size, device, **overrides)
     rows = []
@@ -292,6 +314,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--channels-last", action="store_true", help="also measure each precision in NHWC layout")
     p.add_argument("--compile", action="store_true", help="also measure each combination with torch.compile (the "
                    "warm-up steps compile)")
+    p.add_argument("--modes", default=None, help="the combinations to measure, instead of the cross product of the three "
+                   "options above: comma-separated PRECISION[+nhwc][+compiled], e.g. fp32,bf16,bf16+nhwc+compiled")
     add_config_options(p, exclude=("device", "seed", "precision", "channels_last", "compile"),
                        hide=sorted(set(FIXED) - {"device"}))
     return p
@@ -300,10 +324,14 @@ def build_parser() -> argparse.ArgumentParser:
 def cli(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     overrides = overrides_from_args(args)
+    if args.modes is not None and (args.precision != "fp32" or args.channels_last or args.compile):
+        print("cutlib bench: --modes names every combination itself; leave out --precision, --channels-last and "
+              "--compile", file=sys.stderr)
+        return 2
     try:
         rows = bench(args.presets, args.size, args.steps, args.device, args.warmup, isolate=not args.in_process,
                      seed=args.seed, progress=True, precisions=args.precision, channels_last=args.channels_last,
-                     compile=args.compile, **overrides)
+                     compile=args.compile, modes=args.modes, **overrides)
     except (ValueError, TypeError, RuntimeError) as err:
         print(f"cutlib bench: {err}", file=sys.stderr)
         return 1
@@ -317,6 +345,7 @@ def cli(argv: list[str]) -> int:
         out = {"command": " ".join(["python -m cutlib bench", *argv]), "machine": machine,
                "settings": {"size": args.size, "steps": args.steps, "warmup": args.warmup, "seed": args.seed,
                             "precisions": args.precision, "channels_last": args.channels_last, "compile": args.compile,
+                            "modes": args.modes,
                             "isolated": not args.in_process, "overrides": overrides},
                "results": rows}
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from cutlib import config as C
-from cutlib.bench import PAPER, bench, bench_config, format_table, machine_info, measure
+from cutlib.bench import PAPER, bench, bench_config, format_table, machine_info, measure, parse_modes
 from cutlib.networks import PatchGANDiscriminator, ResnetGenerator
 
 TINY = {k: C.TINY_SCALE[k] for k in ("ngf", "ndf", "n_blocks", "num_patches", "netF_nc")}  # bench sets the sizes
@@ -105,3 +105,27 @@ def test_command_line_error_names_the_problem():
     done = subprocess.run([sys.executable, "-m", "cutlib", "bench", "--presets", "cut", "--crop-size", "64", "--steps", "1"],
                           capture_output=True, text=True)
     assert done.returncode == 1 and "--size" in done.stderr
+
+
+def test_modes_name_the_combinations_to_measure():
+    assert parse_modes("fp32, bf16+nhwc,BF16+nhwc+compiled") == [
+        dict(precision="fp32", channels_last=False, compile=False),
+        dict(precision="bf16", channels_last=True, compile=False),
+        dict(precision="bf16", channels_last=True, compile=True)]
+    assert parse_modes(["fp16+compiled"]) == [dict(precision="fp16", channels_last=False, compile=True)]
+    for bad, message in (("fp8", "is not PRECISION"), ("bf16+nchw", "is not PRECISION"), ("nhwc+bf16", "is not PRECISION"),
+                         ("bf16+nhwc+nhwc", "is not PRECISION"), ("bf16,bf16", "twice"), (" , ", "at least one")):
+        with pytest.raises(ValueError, match=message):
+            parse_modes(bad)
+    with pytest.raises(ValueError, match="warmup >= 1"):
+        bench("cut", size=32, steps=1, warmup=0, device="cpu", modes="fp32+compiled")
+    rows = bench("fastcut", size=32, steps=1, warmup=0, device="cpu", isolate=False, modes="fp32,bf16+nhwc", **TINY)
+    assert [(r["precision"], r["channels_last"], r["compile"]) for r in rows] == [("fp32", False, False), ("bf16", True, False)]
+    assert rows[0]["cpu_speedup_vs_fp32"] == 1.0 and rows[1]["cpu_speedup_vs_fp32"] > 0  # against the fp32 row of this run
+    assert "bf16 nhwc" in format_table(rows)
+
+
+def test_command_line_refuses_modes_with_the_options_they_replace():
+    done = subprocess.run([sys.executable, "-m", "cutlib", "bench", "--presets", "cut", "--size", "32", "--steps", "1",
+                           "--modes", "fp32,bf16", "--precision", "bf16"], capture_output=True, text=True)
+    assert done.returncode == 2 and "leave out --precision" in done.stderr

@@ -54,6 +54,7 @@ def test_a_compiled_step_matches_an_eager_one_and_the_weights_keep_their_names(d
         if mode == "compiled":
             assert compile_networks(model) == ("G", "D")
             assert compiled(model.G) and compiled(model.D) and not compiled(model.H)  # the heads stay eager
+            assert getattr(model.G.encode, "_torchdynamo_orig_callable", None) is not None  # the NCE queries' pass
         losses[mode] = [model.training_step(batch) for _ in range(2)]  # the second step: after one update of all
         states[mode] = model.G.state_dict()
     assert states["compiled"].keys() == states["eager"].keys()  # no "_orig_mod." prefix: checkpoints interchange

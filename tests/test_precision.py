@@ -20,6 +20,7 @@ from cutlib.runs import load_checkpoint
 from cutlib.train import Trainer, train
 
 TINY = {k: v for k, v in C.TINY_SCALE.items() if k != "dataset"}
+pytestmark = pytest.mark.filterwarnings("ignore:fp16 on a CPU:UserWarning")  # the tests' fp16 runs are tiny
 
 
 @pytest.fixture(scope="module")
@@ -38,6 +39,8 @@ def test_auto_precision_follows_the_cpu_flags_and_the_cuda_capability():
     assert resolve_precision("bf16", "cpu", flags=set()) == "bf16"
     assert resolve_precision("fp16", "cuda", capability=(7, 0)) == "fp16"  # V100: fp16 is asked for, never auto
     assert {resolve_precision("auto", "cuda", capability=c) for c in ((6, 1), (7, 0), (7, 5), (8, 6))} == {"fp32", "bf16"}
+    with pytest.warns(UserWarning, match="fp16 on a CPU runs on slow reference kernels.*use --precision bf16 or fp32"):
+        assert resolve_precision("fp16", "cpu") == "fp16"
     with pytest.raises(ValueError, match="precision must be one of"):
         resolve_precision("fp8", "cpu")
     with pytest.raises(ValueError, match="precision must be one of"):

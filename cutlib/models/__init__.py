@@ -66,7 +66,10 @@ def compile_networks(model: nn.Module) -> tuple[str, ...]:
     patches, stay eager. The first step of each input shape compiles (about a minute on a CPU). Returns the names."""
     names = tuple(getattr(model, "compiled_networks", ("G", "D")))
     for name in names:
-        getattr(model, name).compile()
+        net = getattr(model, name)
+        net.compile()
+        if callable(getattr(net, "encode", None)):  # the PatchNCE queries' (and flipped keys') pass: compiled too
+            net.encode = torch.compile(net.encode)
     return names
 
 
