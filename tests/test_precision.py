@@ -196,3 +196,15 @@ def test_the_generators_pads_run_in_bf16_under_autocast():
     assert kinds == {"reflection_pad2d", "replication_pad2d"}, mode.seen
     # only the first pad, of the fp32 input image, is fp32; every other one pads a bf16 activation in bf16
     assert [d for _, d in mode.seen] == [torch.float32] + [torch.bfloat16] * (len(mode.seen) - 1), mode.seen
+
+
+def test_the_conv_dtypes_benchmark_prints_every_dtype_and_layout():
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "tools" / "conv_dtypes.py"
+    done = subprocess.run([sys.executable, str(script), "--channels", "8", "--size", "8", "--reps", "2"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    rows = [line.split(":")[0] for line in done.stdout.splitlines()[1:]]
+    assert rows == [f"{d} {layout}" for d in ("fp32", "bf16", "fp16") for layout in ("NCHW", "NHWC")]
+    assert "fp32 NCHW: " in done.stdout and "(1.00x fp32 NCHW)" in done.stdout.splitlines()[1]
