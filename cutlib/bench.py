@@ -42,7 +42,7 @@ from pathlib import Path
 import torch
 
 from cutlib import config as C
-from cutlib.device import resolve_device
+from cutlib.device import RESOLVED_PRECISIONS, resolve_device
 from cutlib.options import ConfigParser, add_config_options, overrides_from_args
 
 # Paper Table 1 (GTX 1080Ti, 256 px, batch 1): seconds per iteration and GPU memory in GB (book/reference.md section 8)
@@ -194,9 +194,9 @@ def _variants(precisions, channels_last: bool, compile: bool = False) -> list[di
     asked; eager, then compiled when asked."""
     if isinstance(precisions, str):
         precisions = [p.strip() for p in precisions.split(",") if p.strip()]
-    bad = [p for p in precisions if p not in ("fp32", "bf16", "fp16")]
+    bad = [p for p in precisions if p not in RESOLVED_PRECISIONS]
     if not precisions or bad:
-        raise ValueError(f"precisions must be among fp32, bf16 and fp16 (comma-separated), got {precisions!r}")
+        raise ValueError(f"precisions must be among {', '.join(RESOLVED_PRECISIONS)} (comma-separated), got {precisions!r}")
     return [dict(precision=p, channels_last=cl, compile=cp)
             for cp in [False] + [True] * compile for cl in [False] + [True] * channels_last for p in precisions]
 
@@ -210,8 +210,8 @@ def parse_modes(modes) -> list[dict]:
     out = []
     for mode in modes:
         precision, *options = [t.strip().lower() for t in mode.split("+")]
-        if precision not in ("fp32", "bf16", "fp16") or len(set(options)) != len(options) or set(options) - {"nhwc", "compiled"}:
-            raise ValueError(f"mode {mode!r} is not PRECISION[+nhwc][+compiled] with PRECISION one of fp32, bf16, fp16 "
+        if precision not in RESOLVED_PRECISIONS or len(set(options)) != len(options) or set(options) - {"nhwc", "compiled"}:
+            raise ValueError(f"mode {mode!r} is not PRECISION[+nhwc][+compiled] with PRECISION one of {', '.join(RESOLVED_PRECISIONS)} "
                              f"(e.g. --modes fp32,bf16,bf16+nhwc+compiled)")
         out.append(dict(precision=precision, channels_last="nhwc" in options, compile="compiled" in options))
     if not out:
@@ -310,7 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--in-process", action="store_true", help="measure every preset in this process (faster; CPU memory "
                    "then misses what a preset reuses of the memory the earlier ones freed)")
     # crop/load size stay accepted (not listed) so that bench_config can point to --size
-    p.add_argument("--precision", default="fp32", help="comma-separated precisions to measure: fp32, bf16, fp16 (default fp32)")
+    p.add_argument("--precision", default=None, help="comma-separated precisions to measure: fp32, bf16, fp16 (default fp32)")
     p.add_argument("--channels-last", action="store_true", help="also measure each precision in NHWC layout")
     p.add_argument("--compile", action="store_true", help="also measure each combination with torch.compile (the "
                    "warm-up steps compile)")
@@ -324,13 +324,13 @@ def build_parser() -> argparse.ArgumentParser:
 def cli(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     overrides = overrides_from_args(args)
-    if args.modes is not None and (args.precision != "fp32" or args.channels_last or args.compile):
+    if args.modes is not None and (args.precision is not None or args.channels_last or args.compile):
         print("cutlib bench: --modes names every combination itself; leave out --precision, --channels-last and "
               "--compile", file=sys.stderr)
         return 2
     try:
         rows = bench(args.presets, args.size, args.steps, args.device, args.warmup, isolate=not args.in_process,
-                     seed=args.seed, progress=True, precisions=args.precision, channels_last=args.channels_last,
+                     seed=args.seed, progress=True, precisions=args.precision or "fp32", channels_last=args.channels_last,
                      compile=args.compile, modes=args.modes, **overrides)
     except (ValueError, TypeError, RuntimeError) as err:
         print(f"cutlib bench: {err}", file=sys.stderr)
@@ -344,7 +344,7 @@ def cli(argv: list[str]) -> int:
     if args.json:
         out = {"command": " ".join(["python -m cutlib bench", *argv]), "machine": machine,
                "settings": {"size": args.size, "steps": args.steps, "warmup": args.warmup, "seed": args.seed,
-                            "precisions": args.precision, "channels_last": args.channels_last, "compile": args.compile,
+                            "precisions": args.precision or "fp32", "channels_last": args.channels_last, "compile": args.compile,
                             "modes": args.modes,
                             "isolated": not args.in_process, "overrides": overrides},
                "results": rows}

@@ -35,7 +35,8 @@ def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
 # ----------------------------------------------------------------------------------------------
 # precision: which dtype the networks' forward passes run in (the weights and optimiser stay fp32)
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+RESOLVED_PRECISIONS = ("fp32", "bf16", "fp16")  # what "auto" resolves among, and what bench measures
+PRECISIONS = ("auto", *RESOLVED_PRECISIONS)
 HALF_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 

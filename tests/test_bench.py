@@ -126,6 +126,7 @@ def test_modes_name_the_combinations_to_measure():
 
 
 def test_command_line_refuses_modes_with_the_options_they_replace():
-    done = subprocess.run([sys.executable, "-m", "cutlib", "bench", "--presets", "cut", "--size", "32", "--steps", "1",
-                           "--modes", "fp32,bf16", "--precision", "bf16"], capture_output=True, text=True)
-    assert done.returncode == 2 and "leave out --precision" in done.stderr
+    for extra in (["--precision", "bf16"], ["--precision", "fp32"], ["--channels-last"]):  # fp32 too: asked, not defaulted
+        done = subprocess.run([sys.executable, "-m", "cutlib", "bench", "--presets", "cut", "--size", "32", "--steps", "1",
+                               "--modes", "fp32,bf16", *extra], capture_output=True, text=True)
+        assert done.returncode == 2 and "leave out --precision" in done.stderr, extra

@@ -208,3 +208,20 @@ def test_the_conv_dtypes_benchmark_prints_every_dtype_and_layout():
     rows = [line.split(":")[0] for line in done.stdout.splitlines()[1:]]
     assert rows == [f"{d} {layout}" for d in ("fp32", "bf16", "fp16") for layout in ("NCHW", "NHWC")]
     assert "fp32 NCHW: " in done.stdout and "(1.00x fp32 NCHW)" in done.stdout.splitlines()[1]
+
+
+def test_the_projection_heads_run_in_fp32_under_fp16_and_in_bf16_under_bf16():
+    from cutlib.nce import ProjectionHeads
+
+    heads = ProjectionHeads([8, 16], dim=32)
+    seen = []
+    for mlp in heads.mlps:
+        mlp[0].register_forward_hook(lambda module, inputs, out: seen.append(out.dtype))
+    feats = [torch.randn(5, 8), torch.randn(5, 16)]
+    for precision, inside in (("fp16", torch.float32), ("bf16", torch.bfloat16), ("fp32", torch.float32)):
+        seen.clear()
+        with autocast(precision, "cpu"):
+            out = heads(feats)
+        assert seen == [inside, inside], precision  # fp16's range cannot hold these heads' gradients
+        assert all(o.dtype == torch.float32 for o in out)  # the logits and softmax of PatchNCE: fp32 in every precision
+        torch.testing.assert_close(torch.linalg.vector_norm(out[0], dim=1), torch.ones(5), atol=1e-3, rtol=0)  # unit length (+eps)

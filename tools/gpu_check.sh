@@ -2,8 +2,8 @@
 # The GPU path of cutlib, run for real on a machine with one NVIDIA GPU, in under 10 minutes:
 #   1. the tests marked `cuda` (a training step per preset in fp32, bf16 and fp16, compiled against eager,
 #      train/resume/translate/evaluate)
-#   2. bench on cuda in fp32 and bf16 at 256 px for CUT, FastCUT and CycleGAN (full reference networks),
-#      CUT eager against torch.compile (--compile), and fp16 with its loss scaler (the older GPUs' choice)
+#   2. bench on cuda in fp32, bf16 and fp16 (loss-scaled: the older GPUs' choice), NCHW and NHWC, at 256 px
+#      for CUT, FastCUT and CycleGAN (full reference networks), and CUT eager against torch.compile (--compile)
 #   3. 2,000 iterations of the full-size CUT preset on real horse2zebra photos (throughput, projection of
 #      a full paper-scale run: 400 epochs x 1,334 iterations = 533,600 iterations)
 #   4. torchrun --nproc_per_node 1 for 50 steps (the NCCL path)
@@ -30,17 +30,13 @@ $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cu
 step "1. tests marked cuda"
 timeout 300 $PY -m pytest -q -m cuda tests/test_cuda.py tests/test_compile.py 2>&1 | tee "$OUT/tests.txt" | tail -5 || status=1
 
-step "2. bench on cuda, fp32 and bf16, 256 px"
-timeout 240 $PY -m cutlib bench --presets cut,fastcut,cyclegan --size 256 --steps 20 --warmup 5 --device cuda \
-    --precision fp32,bf16 --channels-last --json "$OUT/bench.json" 2>&1 | tee "$OUT/bench.txt" || status=1
+step "2. bench on cuda, fp32, bf16 and fp16 (loss-scaled), NCHW and NHWC, 256 px"
+timeout 300 $PY -m cutlib bench --presets cut,fastcut,cyclegan --size 256 --steps 20 --warmup 5 --device cuda \
+    --modes fp32,bf16,fp16,fp32+nhwc,bf16+nhwc --json "$OUT/bench.json" 2>&1 | tee "$OUT/bench.txt" || status=1
 
 step "2b. bench on cuda: CUT eager and compiled, fp32 and bf16, 256 px"
 timeout 240 $PY -m cutlib bench --presets cut --size 256 --steps 20 --warmup 5 --device cuda \
     --precision fp32,bf16 --compile --json "$OUT/bench_compile.json" 2>&1 | tee "$OUT/bench_compile.txt" || status=1
-
-step "2c. bench on cuda: fp16 (loss-scaled), 256 px"
-timeout 120 $PY -m cutlib bench --presets cut,fastcut,cyclegan --size 256 --steps 20 --warmup 5 --device cuda \
-    --precision fp16 --json "$OUT/bench_fp16.json" 2>&1 | tee "$OUT/bench_fp16.txt" || status=1
 
 step "3. 2,000 iterations of full-size CUT on real photos ($DATA), bf16"
 rm -rf "$OUT/h2z_cut"
@@ -62,7 +58,7 @@ import json, sys
 from pathlib import Path
 out = Path(sys.argv[1])
 summary = {"gpu": (out / "gpu.txt").read_text().strip().splitlines()}
-for name in ("bench", "bench_compile", "bench_fp16"):
+for name in ("bench", "bench_compile"):
     if (out / f"{name}.json").is_file():
         summary[name] = [{k: r.get(k) for k in ("preset", "precision", "channels_last", "compile", "median_s", "warmup_s",
                                                 "memory_mb", "speedup_vs_fp32")}

@@ -62,8 +62,9 @@ def check_discriminator(cfg: TrainConfig) -> None:
 def compile_networks(model: nn.Module) -> tuple[str, ...]:
     """torch.compile, in place, the convolutional networks ``model.compiled_networks`` names (default: G and D),
     for training with ``TrainConfig.compile``. In place (``nn.Module.compile``): the state dicts keep their
-    keys, so checkpoints of compiled and eager runs are the same. The projection heads, which gather random
-    patches, stay eager. The first step of each input shape compiles (about a minute on a CPU). Returns the names."""
+    keys, so checkpoints of compiled and eager runs are the same. A network's ``encode`` method (the generator's
+    pass for the PatchNCE queries and FastCUT's flipped keys) is compiled too: left eager, in bf16 NHWC it paid
+    the layout copies compiling removes elsewhere. The projection heads, which gather random patches, stay eager. The first step of each input shape compiles (about a minute on a CPU). Returns the names."""
     names = tuple(getattr(model, "compiled_networks", ("G", "D")))
     for name in names:
         net = getattr(model, name)

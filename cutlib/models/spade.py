@@ -46,7 +46,7 @@ from torch.nn.utils.parametrizations import spectral_norm
 
 from cutlib.config import TrainConfig
 from cutlib.data.city import CITY_PALETTE
-from cutlib.device import to_device
+from cutlib.device import HALF_DTYPES, to_device
 from cutlib.losses import full_precision
 
 LABEL_NC = len(CITY_PALETTE)  # 19 Cityscapes train ids
@@ -253,7 +253,7 @@ class SPADEModel(nn.Module):
                              f"paired={cfg.paired}: start from --preset spade")
         if cfg.input_nc != 3:
             raise ValueError(f"SPADE reads colour label maps (input_nc 3), got input_nc={cfg.input_nc}")
-        if cfg.precision in ("bf16", "fp16"):
+        if cfg.precision in HALF_DTYPES:
             raise ValueError(f"SPADE trains in fp32 only here, got precision {cfg.precision!r}: use --precision fp32")
         self.cfg = cfg
         self.G = init_xavier(spade_generator(cfg), cfg.init_gain)

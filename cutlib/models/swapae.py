@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cutlib.config import TrainConfig
-from cutlib.device import to_device
+from cutlib.device import HALF_DTYPES, to_device
 from cutlib.losses import full_precision
 from cutlib.networks import build_optimizer
 from cutlib.stylegan2 import BiasLeakyReLU, ConvLayer, EqualConv2d, EqualLinear, ResBlock, StyleGAN2Discriminator
@@ -274,7 +274,7 @@ class SwappingAutoencoderModel(nn.Module):
         if cfg.netD != "stylegan2" or cfg.gan_mode != "nonsaturating":
             raise ValueError(f"the Swapping Autoencoder uses netD='stylegan2' and gan_mode='nonsaturating', got "
                              f"{cfg.netD!r} and {cfg.gan_mode!r}: start from --preset swapping_autoencoder")
-        if cfg.precision in ("bf16", "fp16"):
+        if cfg.precision in HALF_DTYPES:
             raise ValueError(f"the Swapping Autoencoder trains in fp32 only, got precision {cfg.precision!r}: use --precision fp32")
         if cfg.crop_size % 16:
             raise ValueError(f"crop_size ({cfg.crop_size}) must be a multiple of 16 (E downsamples the texture branch 4 times)")
