@@ -9,6 +9,7 @@ configurations it cannot synchronise (``check_distributed``).
 
 from __future__ import annotations
 
+import inspect
 import os
 
 import torch
@@ -64,6 +65,15 @@ def unwrap(net: torch.nn.Module) -> torch.nn.Module:
     return net.module if isinstance(net, DistributedDataParallel) else net
 
 
+def no_buffer_sync(ddp_parameters=None) -> dict[str, bool]:
+    """DDP's keyword for "do not broadcast the buffers at every forward": ``forward_sync_buffers=False``
+    from torch 2.13, where ``broadcast_buffers`` is deprecated; ``broadcast_buffers=False`` before (a GPU
+    machine's image may hold an older torch than the course's pin). ``ddp_parameters``: the names
+    DistributedDataParallel takes (default: this torch's)."""
+    names = inspect.signature(DistributedDataParallel.__init__).parameters if ddp_parameters is None else ddp_parameters
+    return {"forward_sync_buffers": False} if "forward_sync_buffers" in names else {"broadcast_buffers": False}
+
+
 def distribute(model, device: torch.device) -> None:
     """Wrap the networks ``model.ddp_networks`` names in DistributedNetwork, in place (the optimisers
     keep the same parameters), after ``model.check_distributed()`` accepted the configuration."""
@@ -75,7 +85,7 @@ def distribute(model, device: torch.device) -> None:
     for name in names:  # buffers are constants (blur filters): synced once at init only
         net = getattr(model, name)
         setattr(model, name, DistributedNetwork(net, device_ids=[device.index] if device.type == "cuda" else None,
-                                                forward_sync_buffers=False))
+                                                **no_buffer_sync()))
 
 
 def average_losses(losses: dict[str, float], device: torch.device) -> dict[str, float]:

@@ -18,7 +18,7 @@ from cutlib import config as C
 from cutlib.data import make_dataset
 from cutlib.models import CUTModel
 from cutlib.runs import CHECKPOINT, load_run
-from cutlib.distributed import distribute, setup_distributed, unwrap
+from cutlib.distributed import distribute, no_buffer_sync, setup_distributed, unwrap
 from cutlib.train import train
 
 TINY = {k: v for k, v in C.TINY_SCALE.items() if k != "dataset"}  # the datasets come from fixtures
@@ -98,6 +98,15 @@ def test_single_process_needs_no_process_group():
     assert not torch.distributed.is_initialized()
     net = torch.nn.Linear(2, 2)
     assert unwrap(net) is net
+
+
+def test_the_buffer_sync_keyword_follows_the_torch_version():
+    # torch >= 2.13 names it forward_sync_buffers (broadcast_buffers deprecated); torch 2.11, as on some GPU images, only
+    # broadcast_buffers; this torch's own DDP accepts what it is given (the two-process tests above run it)
+    assert no_buffer_sync({"self", "module", "broadcast_buffers", "forward_sync_buffers"}) == {"forward_sync_buffers": False}
+    assert no_buffer_sync({"self", "module", "broadcast_buffers"}) == {"broadcast_buffers": False}
+    import inspect
+    assert set(no_buffer_sync()) <= set(inspect.signature(torch.nn.parallel.DistributedDataParallel.__init__).parameters)
 
 
 @pytest.mark.parametrize("overrides, word", [(dict(negatives="external", queue_size=64), "momentum queue"),
