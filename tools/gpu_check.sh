@@ -1,79 +1,141 @@
 #!/usr/bin/env bash
-# The GPU path of cutlib, run for real on a machine with one NVIDIA GPU, in under 10 minutes:
-#   1. the tests marked `cuda` (a training step per preset in fp32, bf16 and fp16, compiled against eager,
-#      train/resume/translate/evaluate)
-#   2. bench on cuda in fp32, bf16 and fp16 (loss-scaled: the older GPUs' choice), NCHW and NHWC, at 256 px
-#      for CUT, FastCUT and CycleGAN (full reference networks), and CUT eager against torch.compile (--compile)
-#   3. 2,000 iterations of the full-size CUT preset on real horse2zebra photos (throughput, projection of
-#      a full paper-scale run: 400 epochs x 1,334 iterations = 533,600 iterations)
+# The GPU path of cutlib, run for real on a machine with one NVIDIA GPU, in one call of under 10 minutes:
+#   1. the tests marked `cuda` in tests/test_cuda.py: a training step per preset in fp32, bf16 and fp16;
+#      train, resume, translate and evaluate on cuda
+#   2. 2,000 iterations of the full-size CUT preset on real horse2zebra photos in bf16: throughput, and the
+#      projection of a full paper-scale run (400 epochs x 1,334 iterations = 533,600 iterations)
+#   3. bench on cuda at 256 px, one run per preset (CUT, FastCUT, CycleGAN: full reference networks), in
+#      fp32, bf16 and fp16 (loss-scaled: the older GPUs' choice), NCHW and NHWC
 #   4. torchrun --nproc_per_node 1 for 50 steps (the NCCL path)
 #   5. the papermill runner with -p device cuda
-# and writes one summary file: $OUT/gpu_check.json (OUT defaults to gpu_check_out/).
+#   6. bench of CUT compiled (torch.compile) against eager (fp32, and bf16 + NHWC)
+#   7. the compile tests marked `cuda` (a compiled step matches an eager one)
+# Each step runs for at most the smaller of its own limit and what is left of BUDGET; a step that no longer
+# fits is skipped and the summary says so (run the rest later with STEPS). Writes into OUT (default
+# gpu_check_out/): gpu_check.json (the summary), gpu_check.log (every step's whole output) and the bench
+# tables bench-PRESET.json, bench-compile.json; the run folders (checkpoints) go to WORK (default OUT/work).
 #
-#   bash tools/gpu_check.sh [DATA_DIR]     DATA_DIR: a horse2zebra folder (trainA/ trainB/ testA/ testB/);
-#                                          default ../shared/data/horse2zebra_cpu, else the catalog's horse2zebra
+#   bash tools/gpu_check.sh [DATA_DIR]
+#     DATA_DIR  a horse2zebra folder (trainA/ trainB/ testA/ testB/); default BUNDLE/horse2zebra, else
+#               ../shared/data/horse2zebra_cpu, else the catalog's horse2zebra (downloaded)
+#   environment:
+#     BUDGET=540   seconds for the whole check    STEPS="1 2 3-cut 3-fastcut 3-cyclegan 4 5 6 7": which, in order
+#     OUT, WORK    results, run folders           PYTHON: the one with torch (default .venv/bin/python, else python3)
+#     BUNDLE=.gpu_bundle  what `python tools/gpu_check.py bundle` made for a GPU machine without internet:
+#                  wheels (only those whose package that machine lacks are installed, into WORK/site) and photos
+#     DEVICE=cpu   a rehearsal on a machine without a GPU: the same steps and summary, small sizes
 set -uo pipefail
 cd "$(dirname "$0")/.."
+ROOT=$PWD
 OUT=${OUT:-gpu_check_out}
-mkdir -p "$OUT"
-PY=${PYTHON:-python}
-DATA=${1:-../shared/data/horse2zebra_cpu}
-[ -d "$DATA/trainA" ] || DATA=horse2zebra
+WORK=${WORK:-$OUT/work}
+BUDGET=${BUDGET:-540}
+STEPS=${STEPS:-1 2 3-cut 3-fastcut 3-cyclegan 4 5 6 7}
+DEVICE=${DEVICE:-cuda}
+BUNDLE=${BUNDLE:-.gpu_bundle}
+if [ -n "${PYTHON:-}" ]; then PY=$PYTHON; elif [ -x .venv/bin/python ]; then PY=.venv/bin/python; else PY=python3; fi
+mkdir -p "$OUT" "$WORK"
+OUT=$(cd "$OUT" && pwd); WORK=$(cd "$WORK" && pwd)
+LOG=$OUT/gpu_check.log
+STEPS_TSV=$WORK/steps.tsv
+: > "$LOG"; : > "$STEPS_TSV"
+START=$(date +%s)
+RESERVE=15  # seconds kept for the summary
 export PYTHONUNBUFFERED=1
+export PYTHONPATH=$ROOT${PYTHONPATH:+:$PYTHONPATH}  # cutlib from this checkout, installed or not
 status=0
-step() { echo; echo "=== $1 ($(date -u +%H:%M:%S))"; }
 
-step "environment"
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
-$PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name(0), torch.cuda.get_device_capability(0))" | tee -a "$OUT/gpu.txt"
+if [ $# -ge 1 ]; then DATA=$1
+elif [ -d "$BUNDLE/horse2zebra/trainA" ]; then DATA=$BUNDLE/horse2zebra
+elif [ -d ../shared/data/horse2zebra_cpu/trainA ]; then DATA=../shared/data/horse2zebra_cpu
+else DATA=horse2zebra
+fi
 
-step "1. tests marked cuda"
-timeout 300 $PY -m pytest -q -m cuda tests/test_cuda.py tests/test_compile.py 2>&1 | tee "$OUT/tests.txt" | tail -5 || status=1
+# run_step ID CAP TITLE COMMAND...: runs COMMAND with the smaller of CAP and what is left of the budget,
+# its output to WORK/stepID.txt and the log; one line per step in WORK/steps.tsv for the summary
+run_step() {
+    local id=$1 cap=$2 title=$3; shift 3
+    case " $STEPS " in *" $id "*) ;; *) printf '%s\tnot chosen (STEPS)\t0\n' "$id" >> "$STEPS_TSV"; return 0 ;; esac
+    local left=$((START + BUDGET - RESERVE - $(date +%s)))
+    if [ "$left" -lt 20 ]; then
+        echo "=== $id. $title: skipped, ${left} s of the budget left" | tee -a "$LOG"
+        printf '%s\tskipped: out of time\t0\n' "$id" >> "$STEPS_TSV"; status=1; return 0
+    fi
+    local limit=$((cap < left ? cap : left)) t0 rc
+    printf '\n=== %s. %s (%s, limit %s s)\n' "$id" "$title" "$(date -u +%H:%M:%S)" "$limit" | tee -a "$LOG"
+    t0=$(date +%s)
+    timeout -k 10 "$limit" "$@" > "$WORK/step$id.txt" 2>&1
+    rc=$?
+    cat "$WORK/step$id.txt" >> "$LOG"
+    tail -n 8 "$WORK/step$id.txt"
+    local what="ok"
+    if [ "$rc" = 124 ] || [ "$rc" = 137 ]; then what="timed out after $limit s"; elif [ "$rc" != 0 ]; then what="failed (exit $rc)"; fi
+    [ "$rc" = 0 ] || status=1
+    printf '%s\t%s\t%s\n' "$id" "$what" "$(($(date +%s) - t0))" >> "$STEPS_TSV"
+    echo "--- $id: $what in $(($(date +%s) - t0)) s" | tee -a "$LOG"
+}
 
-step "2. bench on cuda, fp32, bf16 and fp16 (loss-scaled), NCHW and NHWC, 256 px"
-timeout 300 $PY -m cutlib bench --presets cut,fastcut,cyclegan --size 256 --steps 20 --warmup 5 --device cuda \
-    --modes fp32,bf16,fp16,fp32+nhwc,bf16+nhwc --json "$OUT/bench.json" 2>&1 | tee "$OUT/bench.txt" || status=1
+echo "=== environment ($(date -u +%H:%M:%S)); data: $DATA; budget $BUDGET s; steps $STEPS" | tee -a "$LOG"
+if [ -d "$BUNDLE/wheels" ]; then  # only the distributions this Python lacks, so the machine's own stay first
+    missing=$($PY tools/gpu_check.py missing "$BUNDLE/wheels")
+    if [ -n "$missing" ]; then
+        echo "installing $(echo "$missing" | wc -l) wheels from $BUNDLE/wheels into $WORK/site" | tee -a "$LOG"
+        # shellcheck disable=SC2086
+        $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$WORK/site" $missing >> "$LOG" 2>&1 || status=1
+        export PYTHONPATH=$PYTHONPATH:$WORK/site
+    fi
+fi
+if [ "$DEVICE" = cuda ]; then
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1 | tee "$WORK/gpu.txt" | tee -a "$LOG"
+else
+    echo "DEVICE=$DEVICE: a rehearsal without a GPU, small sizes" | tee "$WORK/gpu.txt" | tee -a "$LOG"
+fi
+$PY -c "import torch, platform; print('python', platform.python_version(), 'torch', torch.__version__, 'cuda', torch.version.cuda,
+      torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU', torch.cuda.get_device_capability(0) if torch.cuda.is_available() else '')" \
+    2>&1 | tee -a "$WORK/gpu.txt" | tee -a "$LOG"
 
-step "2b. bench on cuda: CUT eager and compiled, fp32 and bf16, 256 px"
-timeout 240 $PY -m cutlib bench --presets cut --size 256 --steps 20 --warmup 5 --device cuda \
-    --precision fp32,bf16 --compile --json "$OUT/bench_compile.json" 2>&1 | tee "$OUT/bench_compile.txt" || status=1
+if [ "$DEVICE" = cuda ]; then  # the sizes of the check; the rehearsal's below only exercise the steps
+    SIZE=256; BENCH=(--steps 10 --warmup 3); MODES=fp32,bf16,fp16,fp32+nhwc,bf16+nhwc; ITERS=2000; SHAPE=()
+    WORKERS=auto; DDP_STEPS=50; RUNNER=(-p scale cpu -p max_steps 100)
+else  # fp16 has no fast CPU kernels (minutes per step): left out of the rehearsal
+    SIZE=64; BENCH=(--steps 1 --warmup 1); MODES=fp32,bf16,fp32+nhwc,bf16+nhwc; ITERS=20; SHAPE=(--load-size 72 --crop-size 64)
+    WORKERS=0; DDP_STEPS=4; RUNNER=(-p scale tiny -p max_steps 4)
+fi
 
-step "3. 2,000 iterations of full-size CUT on real photos ($DATA), bf16"
-rm -rf "$OUT/h2z_cut"
-timeout 600 $PY -m cutlib train --preset cut --dataset "$DATA" --out "$OUT/h2z_cut" --device cuda --precision bf16 \
-    --max-steps 2000 --log-every 50 --save-every 1000 --no-progress --num-workers 4 2>&1 | tail -20 | tee "$OUT/train.txt" || status=1
+# the order puts first what the check is for: the GPU path working, then its throughput; compiling (slow
+# to start) comes last, so that a budget spent early costs the least
+run_step 1 120 "the cuda tests: a training step per preset in fp32, bf16 and fp16; train, resume, translate, evaluate" \
+    $PY -m pytest -q -p no:cacheprovider -m cuda tests/test_cuda.py
 
-step "4. torchrun --nproc_per_node 1, 50 steps"
-rm -rf "$OUT/ddp"
-timeout 240 $PY -m torch.distributed.run --standalone --nproc_per_node 1 -m cutlib train --preset cut --dataset stripes \
-    --out "$OUT/ddp" --device cuda --max-steps 50 --load-size 72 --crop-size 64 --no-progress 2>&1 | tail -15 | tee "$OUT/ddp.txt" || status=1
+rm -rf "$WORK/h2z_cut"
+run_step 2 200 "$ITERS iterations of full-size CUT on real photos ($DATA), bf16" \
+    $PY -m cutlib train --preset cut --dataset "$DATA" --out "$WORK/h2z_cut" --device "$DEVICE" --precision bf16 \
+    --max-steps "$ITERS" --log-every $((ITERS / 40 > 0 ? ITERS / 40 : 1)) --save-every 1000 --no-progress \
+    --num-workers "$WORKERS" "${SHAPE[@]}"
 
-step "5. the papermill runner on cuda"
-timeout 300 $PY -m papermill notebooks/run_experiment.ipynb "$OUT/run_experiment.ipynb" -k python3 --cwd notebooks \
-    -p device cuda -p scale cpu -p max_steps 100 -p out_dir "$PWD/$OUT/runner" 2>&1 | tail -5 | tee "$OUT/runner.txt" || status=1
+for preset in cut fastcut cyclegan; do  # one bench per preset: a step cut short by the budget loses one preset only
+    run_step "3-$preset" 80 "bench $preset on $DEVICE: $MODES, $SIZE px" \
+        $PY -m cutlib bench --presets "$preset" --size "$SIZE" "${BENCH[@]}" --device "$DEVICE" --modes "$MODES" \
+        --json "$OUT/bench-$preset.json"
+done
 
-step "summary"
-$PY - "$OUT" <<'PY'
-import json, sys
-from pathlib import Path
-out = Path(sys.argv[1])
-summary = {"gpu": (out / "gpu.txt").read_text().strip().splitlines()}
-for name in ("bench", "bench_compile"):
-    if (out / f"{name}.json").is_file():
-        summary[name] = [{k: r.get(k) for k in ("preset", "precision", "channels_last", "compile", "median_s", "warmup_s",
-                                                "memory_mb", "speedup_vs_fp32")}
-                         for r in json.loads((out / f"{name}.json").read_text())["results"]]
-rows = [json.loads(l) for l in (out / "h2z_cut" / "metrics.jsonl").read_text().splitlines() if l.strip()] \
-    if (out / "h2z_cut" / "metrics.jsonl").is_file() else []
-if len(rows) > 2:  # seconds per iteration from the logged step times (after the first logged rows)
-    times = sorted(r["time"] for r in rows[2:])
-    per_iter = times[len(times) // 2]
-    summary["h2z_cut"] = {"steps": rows[-1]["step"], "median_s_per_iter": per_iter,
-                          "projected_full_run_hours": round(533_600 * per_iter / 3600, 2)}
-for name in ("tests", "train", "ddp", "runner"):
-    f = out / f"{name}.txt"
-    summary[name] = f.read_text().strip().splitlines()[-3:] if f.is_file() else "not run"
-(out / "gpu_check.json").write_text(json.dumps(summary, indent=1))
-print(json.dumps(summary, indent=1))
-PY
+rm -rf "$WORK/ddp"
+run_step 4 60 "torchrun --nproc_per_node 1, $DDP_STEPS steps" \
+    $PY -m torch.distributed.run --standalone --nproc_per_node 1 -m cutlib train --preset cut --dataset stripes \
+    --out "$WORK/ddp" --device "$DEVICE" --max-steps "$DDP_STEPS" --load-size 72 --crop-size 64 --no-progress
+
+rm -rf "$WORK/runner"
+run_step 5 90 "the papermill runner on $DEVICE" \
+    $PY -m papermill notebooks/run_experiment.ipynb "$WORK/run_experiment.ipynb" -k python3 --cwd notebooks --log-output --no-progress-bar \
+    -p device "$DEVICE" "${RUNNER[@]}" -p out_dir "$WORK/runner"
+
+run_step 6 150 "bench CUT on $DEVICE compiled (torch.compile) against eager, $SIZE px" \
+    $PY -m cutlib bench --presets cut --size "$SIZE" "${BENCH[@]}" --device "$DEVICE" \
+    --modes fp32,bf16+nhwc,bf16+nhwc+compiled --json "$OUT/bench-compile.json"
+
+run_step 7 150 "the compile tests on cuda: a compiled step matches an eager one, fp32 and bf16" \
+    $PY -m pytest -q -p no:cacheprovider -m cuda tests/test_compile.py
+
+echo; echo "=== summary ($(($(date +%s) - START)) s)" | tee -a "$LOG"
+$PY tools/gpu_check.py summary "$OUT" "$WORK" 2>&1 | tee -a "$LOG" || status=1
 exit $status
