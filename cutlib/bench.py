@@ -324,13 +324,14 @@ def build_parser() -> argparse.ArgumentParser:
 def cli(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     overrides = overrides_from_args(args)
+    precisions = args.precision or "fp32"
     if args.modes is not None and (args.precision is not None or args.channels_last or args.compile):
         print("cutlib bench: --modes names every combination itself; leave out --precision, --channels-last and "
               "--compile", file=sys.stderr)
         return 2
     try:
         rows = bench(args.presets, args.size, args.steps, args.device, args.warmup, isolate=not args.in_process,
-                     seed=args.seed, progress=True, precisions=args.precision or "fp32", channels_last=args.channels_last,
+                     seed=args.seed, progress=True, precisions=precisions, channels_last=args.channels_last,
                      compile=args.compile, modes=args.modes, **overrides)
     except (ValueError, TypeError, RuntimeError) as err:
         print(f"cutlib bench: {err}", file=sys.stderr)
@@ -344,7 +345,7 @@ def cli(argv: list[str]) -> int:
     if args.json:
         out = {"command": " ".join(["python -m cutlib bench", *argv]), "machine": machine,
                "settings": {"size": args.size, "steps": args.steps, "warmup": args.warmup, "seed": args.seed,
-                            "precisions": args.precision or "fp32", "channels_last": args.channels_last, "compile": args.compile,
+                            "precisions": precisions, "channels_last": args.channels_last, "compile": args.compile,
                             "modes": args.modes,
                             "isolated": not args.in_process, "overrides": overrides},
                "results": rows}

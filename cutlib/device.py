@@ -60,8 +60,8 @@ def resolve_precision(precision: str, device: torch.device | str, flags: set[str
         raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}")
     device = torch.device(device)
     if precision == "fp16" and device.type == "cpu":
-        warnings.warn("fp16 on a CPU runs on slow reference kernels (a 3x3 convolution about 500 times slower "
-                      "than in bf16 on a Xeon with AMX, measured): it is there for tests; use --precision bf16 or fp32 "
+        warnings.warn("fp16 on a CPU runs on slow reference kernels (a 3x3 convolution about 450 times slower "
+                      "than in bf16 on a Xeon with AMX, tools/conv_dtypes.py): it is there for tests; use --precision bf16 or fp32 "
                       "on a CPU", stacklevel=2)
     if precision != "auto":
         return precision

@@ -126,3 +126,15 @@ def test_a_bundle_from_bad_input_leaves_nothing_behind_and_never_replaces_a_fore
     assert (tmp_path / "mine" / "keep.txt").read_text() == "a user's file"
     with pytest.raises(SystemExit, match="X.Y"):
         gc.main(["bundle", "--python", "3", "--out", str(tmp_path / "b2")])
+
+
+def test_a_new_bundle_replaces_the_old_one_only_once_it_is_complete(tmp_path):
+    for name, text in (("bundle", "old"), ("bundle.partial", "new")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / gc.MARKER).write_text(text)
+    gc.put_in_place(tmp_path / "bundle.partial", tmp_path / "bundle")
+    assert (tmp_path / "bundle" / gc.MARKER).read_text() == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle"]  # neither the partial nor the old one is left
+    (tmp_path / "first.partial").mkdir()
+    gc.put_in_place(tmp_path / "first.partial", tmp_path / "first")  # no previous bundle
+    assert (tmp_path / "first").is_dir() and not (tmp_path / "first.partial").exists()

@@ -95,9 +95,18 @@ def bundle(out: Path, python: str, data: Path, n_train: int, n_test: int) -> dic
     except BaseException:
         shutil.rmtree(part, ignore_errors=True)
         raise
-    shutil.rmtree(out, ignore_errors=True)
-    part.rename(out)
+    put_in_place(part, out)
     return info
+
+
+def put_in_place(new: Path, out: Path) -> None:
+    """Rename the complete folder ``new`` to ``out``; a previous ``out`` stays whole until then."""
+    old = out.with_name(out.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if out.exists():
+        out.rename(old)
+    new.rename(out)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 # ----------------------------------------------------------------- missing

@@ -64,7 +64,8 @@ def compile_networks(model: nn.Module) -> tuple[str, ...]:
     for training with ``TrainConfig.compile``. In place (``nn.Module.compile``): the state dicts keep their
     keys, so checkpoints of compiled and eager runs are the same. A network's ``encode`` method (the generator's
     pass for the PatchNCE queries and FastCUT's flipped keys) is compiled too: left eager, in bf16 NHWC it paid
-    the layout copies compiling removes elsewhere. The projection heads, which gather random patches, stay eager. The first step of each input shape compiles (about a minute on a CPU). Returns the names."""
+    the layout copies compiling removes elsewhere. The projection heads, which gather random patches, stay
+    eager. The first step of each input shape compiles (about a minute on a CPU). Returns the names."""
     names = tuple(getattr(model, "compiled_networks", ("G", "D")))
     for name in names:
         net = getattr(model, name)
