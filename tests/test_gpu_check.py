@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 spec = importlib.util.spec_from_file_location("gpu_check", REPO / "tools" / "gpu_check.py")
 gc = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(gc)
-ALL_STEPS = ["1", "2", "3-cut", "3-fastcut", "3-cyclegan", "4", "5", "6", "7"]
+ALL_STEPS = ["1", "2", "3-cut", "3-fastcut", "3-cyclegan", "4", "5", "5-grid", "6", "7"]
 
 
 def run_check(tmp_path, *args, **env):
@@ -46,14 +46,17 @@ def test_steps_the_budget_no_longer_fits_are_skipped_and_the_summary_is_still_wr
 
 @pytest.mark.slow
 def test_a_chosen_step_runs_and_a_failing_one_is_reported_with_its_exit_status(tmp_path):
-    done, summary = run_check(tmp_path, str(tmp_path / "no_such_photos"), STEPS="2 4", BUDGET="300")
+    done, summary = run_check(tmp_path, str(tmp_path / "no_such_photos"), STEPS="2 4 5-grid", BUDGET="300")
     assert done.returncode == 1  # step 2 failed: the data folder does not exist
     steps = summary["steps"]
     assert steps["4"]["result"] == "ok", steps["4"]  # torchrun, one process, 4 steps on stripes (gloo on a CPU)
     assert (tmp_path / "out" / "work" / "ddp" / "checkpoint.pt").is_file()
+    assert steps["5-grid"]["result"] == "ok", steps["5-grid"]  # the grid (--jobs 1 here, --gpus 0 on a GPU)
+    grid = tmp_path / "out" / "work" / "grid" / "cut"
+    assert sorted(p.parent.name for p in grid.glob("seed*/eval.json")) == ["seed0", "seed1"]
     assert steps["2"]["result"].startswith("failed (exit "), steps["2"]
     assert "no_such_photos" in "\n".join(steps["2"]["tail"])  # the train command's own message reaches the summary
-    assert {steps[s]["result"] for s in ALL_STEPS if s not in ("2", "4")} == {"not chosen (STEPS)"}
+    assert {steps[s]["result"] for s in ALL_STEPS if s not in ("2", "4", "5-grid")} == {"not chosen (STEPS)"}
 
 
 def test_throughput_projects_a_full_run_from_the_logged_steps_and_the_run_time(tmp_path):

@@ -8,6 +8,7 @@
 #      fp32, bf16 and fp16 (loss-scaled: the older GPUs' choice), NCHW and NHWC
 #   4. torchrun --nproc_per_node 1 for 50 steps (the NCCL path)
 #   5. the papermill runner with -p device cuda
+#   5-grid. the grid with --gpus 0: two tiny runs (two seeds) queued on GPU 0, each its own papermill process
 #   6. bench of CUT compiled (torch.compile) against eager (fp32, and bf16 + NHWC)
 #   7. the compile tests marked `cuda` (a compiled step matches an eager one)
 # Each step runs for at most the smaller of its own limit and what is left of BUDGET; a step that no longer
@@ -19,7 +20,7 @@
 #     DATA_DIR  a horse2zebra folder (trainA/ trainB/ testA/ testB/); default BUNDLE/horse2zebra, else
 #               ../shared/data/horse2zebra_cpu, else the catalog's horse2zebra (downloaded)
 #   environment:
-#     BUDGET=540   seconds for the whole check    STEPS="1 2 3-cut 3-fastcut 3-cyclegan 4 5 6 7": which, in order
+#     BUDGET=540   seconds for the whole check    STEPS="1 2 3-cut 3-fastcut 3-cyclegan 4 5 5-grid 6 7": which
 #     OUT, WORK    results, run folders           PYTHON: the one with torch (default .venv/bin/python, else python3)
 #     BUNDLE=.gpu_bundle  what `python tools/gpu_check.py bundle` made for a GPU machine without internet:
 #                  wheels (only those whose package that machine lacks are installed, into WORK/site) and photos
@@ -30,7 +31,7 @@ ROOT=$PWD
 OUT=${OUT:-gpu_check_out}
 WORK=${WORK:-$OUT/work}
 BUDGET=${BUDGET:-540}
-STEPS=${STEPS:-1 2 3-cut 3-fastcut 3-cyclegan 4 5 6 7}
+STEPS=${STEPS:-1 2 3-cut 3-fastcut 3-cyclegan 4 5 5-grid 6 7}
 DEVICE=${DEVICE:-cuda}
 BUNDLE=${BUNDLE:-.gpu_bundle}
 if [ -n "${PYTHON:-}" ]; then PY=$PYTHON; elif [ -x .venv/bin/python ]; then PY=.venv/bin/python; else PY=python3; fi
@@ -96,10 +97,10 @@ $PY -c "import torch, platform; print('python', platform.python_version(), 'torc
 
 if [ "$DEVICE" = cuda ]; then  # the sizes of the check; the rehearsal's below only exercise the steps
     SIZE=256; BENCH=(--steps 10 --warmup 3); MODES=fp32,bf16,fp16,fp32+nhwc,bf16+nhwc; ITERS=2000; SHAPE=()
-    WORKERS=auto; DDP_STEPS=50; RUNNER=(-p scale cpu -p max_steps 100)
+    WORKERS=auto; DDP_STEPS=50; RUNNER=(-p scale cpu -p max_steps 100); GRID_STEPS=50; GRID_ON=(--gpus 0)
 else  # fp16 has no fast CPU kernels (minutes per step): left out of the rehearsal
     SIZE=64; BENCH=(--steps 1 --warmup 1); MODES=fp32,bf16,fp32+nhwc,bf16+nhwc; ITERS=20; SHAPE=(--load-size 72 --crop-size 64)
-    WORKERS=0; DDP_STEPS=4; RUNNER=(-p scale tiny -p max_steps 4)
+    WORKERS=0; DDP_STEPS=4; RUNNER=(-p scale tiny -p max_steps 4); GRID_STEPS=4; GRID_ON=(--jobs 1)
 fi
 
 # the order puts first what the check is for: the GPU path working, then its throughput; compiling (slow
@@ -128,6 +129,16 @@ rm -rf "$WORK/runner"
 run_step 5 90 "the papermill runner on $DEVICE" \
     $PY -m papermill notebooks/run_experiment.ipynb "$WORK/run_experiment.ipynb" -k python3 --cwd notebooks --log-output --no-progress-bar \
     -p device "$DEVICE" "${RUNNER[@]}" -p out_dir "$WORK/runner"
+
+rm -rf "$WORK/grid"
+cat > "$WORK/grid.json" <<JSON
+{"description": "tools/gpu_check.sh: two tiny CUT runs queued on one GPU by the grid (--gpus 0)",
+ "out": "$WORK/grid", "seeds": [0, 1],
+ "base": {"dataset": "stripes", "scale": "tiny", "max_steps": $GRID_STEPS, "extractor": "builtin", "evaluate": true},
+ "variants": {"cut": {"preset": "cut"}}}
+JSON
+run_step 5-grid 90 "the grid ${GRID_ON[*]}: two tiny runs, one after the other, each its own papermill process" \
+    $PY -m cutlib grid "$WORK/grid.json" "${GRID_ON[@]}"
 
 run_step 6 150 "bench CUT on $DEVICE compiled (torch.compile) against eager, $SIZE px" \
     $PY -m cutlib bench --presets cut --size "$SIZE" "${BENCH[@]}" --device "$DEVICE" \
