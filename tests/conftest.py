@@ -1,8 +1,9 @@
-"""Shared test set-up: one torch thread per xdist worker, and the real image slices in ../shared."""
+"""Shared test set-up: one torch thread per xdist worker, every test seeded, and the real image slices."""
 
 from __future__ import annotations
 
 import os
+import random
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,19 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 
 if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True)
+def _seeded():
+    """Each test starts from the same random state, whichever xdist worker runs it and whatever ran
+    before it there: a test that draws random tensors sees the same draws in every run."""
+    random.seed(0)
+    torch.manual_seed(0)
+    try:
+        import numpy as np
+    except ImportError:  # pragma: no cover - numpy comes with torch's wheels
+        return
+    np.random.seed(0)
 
 
 def shared_dataset(name: str) -> Path:
