@@ -6,6 +6,7 @@ import os
 import random
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -21,12 +22,8 @@ def _seeded():
     """Each test starts from the same random state, whichever xdist worker runs it and whatever ran
     before it there: a test that draws random tensors sees the same draws in every run."""
     random.seed(0)
-    torch.manual_seed(0)
-    try:
-        import numpy as np
-    except ImportError:  # pragma: no cover - numpy comes with torch's wheels
-        return
     np.random.seed(0)
+    torch.manual_seed(0)
 
 
 def shared_dataset(name: str) -> Path:

@@ -108,3 +108,17 @@ def test_no_personal_paths_in_tracked_text():
             if re.search(r"/(home|Users)/[a-z]|/work/main|/root/", text):
                 bad.append(name)
     assert not bad, f"personal or machine paths in {bad}"
+
+
+def test_every_test_starts_from_the_seeded_random_state():
+    """conftest's autouse fixture: the first draws of a test are those after seeding 0, whatever ran
+    before it in this worker (unseeded, torch's default seed and numpy's and random's would differ)."""
+    import random
+
+    import numpy as np
+    import torch
+
+    drawn = (random.random(), np.random.rand(), torch.rand(3))
+    random.seed(0); np.random.seed(0); torch.manual_seed(0)
+    assert drawn[0] == random.random() and drawn[1] == np.random.rand()
+    assert torch.equal(drawn[2], torch.rand(3))
